@@ -1,0 +1,234 @@
+"""Run one posterior under several methods, judge them against a reference, write the report.
+
+>>> result = compare(post, methods=["nuts", "mean_field"], seed=0, out_dir="reports/x")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+
+from comparisons import metrics as M
+from comparisons.convert import to_inference_data
+from comparisons.runners import PRESETS, MethodRun, Preset, resolve_methods, run_method
+from zoo import Posterior, ZooInputError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Comparison:
+    """The outcome of :func:`compare`: results.json as a dict and one InferenceData per method."""
+
+    results: dict
+    idata: dict[str, az.InferenceData]
+    out_dir: Path | None = None
+
+
+def default_reference(posterior: Posterior, methods: list[str]) -> str:
+    """``exact`` where the posterior has it, else ``nuts`` (DESIGN.md section 5)."""
+    return "exact" if "exact" in posterior.closed_forms else "nuts"
+
+
+def versions() -> dict[str, str]:
+    return {"python": platform.python_version(),
+            **{name: metadata.version(name) for name in ("torch", "pyro-ppl", "arviz")}}
+
+
+def _clean(values: dict, *, numbers_only: bool) -> dict:
+    """JSON has no NaN: drop non-finite metrics, spell out non-finite diagnostics."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, bool | str):
+            if not numbers_only:
+                out[k] = v
+        elif isinstance(v, int | np.integer):
+            out[k] = int(v)
+        elif isinstance(v, float | np.floating):
+            if math.isfinite(v):
+                out[k] = float(v)
+            elif not numbers_only:
+                out[k] = str(float(v))
+    return out
+
+
+def _record(posterior: Posterior, run: MethodRun, idata: az.InferenceData | None,
+            ref: tuple[dict, dict] | None) -> dict:
+    cost = {k: (float(v) if k == "wall_s" else int(v)) for k, v in run.cost.items()}
+    if run.error is not None or idata is None:
+        return {"cost": cost, "summary": {}, "metrics": {},
+                "diagnostics": {"status": "failed", "error": run.error or "no draws"}}
+    sites = posterior.sites
+    stats = M.summary(idata, sites)
+    diagnostics = dict(run.diagnostics)
+    met: dict[str, float] = {}
+    if ref is not None:
+        met.update(M.accuracy(stats, *ref))
+    ll = idata.log_likelihood
+    met["lpd_train"] = M.lpd(ll[posterior.obs_site].values)
+    if f"{posterior.obs_site}_test" in ll:
+        met["lpd_test"] = M.lpd(ll[f"{posterior.obs_site}_test"].values)
+    if not run.point:
+        met.update({k: v for k, v in M.loo(idata, posterior.obs_site).items()
+                    if k in ("elpd_loo", "elpd_loo_se")})
+        diagnostics.update({k: v for k, v in M.loo(idata, posterior.obs_site).items()
+                            if k.startswith("loo_")})
+    if run.method == "nuts":
+        diagnostics.update(M.nuts_diagnostics(idata, sites))
+        met["ess_per_s"] = diagnostics["ess_bulk_min"] / max(cost["wall_s"], 1e-9)
+    if run.log_weights is not None:
+        khat, ess = M.psis_khat(run.log_weights)
+        diagnostics["khat"] = khat
+        met["ess_per_s"] = ess / max(cost["wall_s"], 1e-9)
+    return {"cost": cost, "summary": stats, "diagnostics": _clean(diagnostics, numbers_only=False),
+            "metrics": _clean(met, numbers_only=True)}
+
+
+def compare(
+    posterior: Posterior,
+    *,
+    methods: list[str] | None = None,
+    reference: str | None = None,
+    seed: int = 0,
+    preset: str | Preset = "full",
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+) -> Comparison:
+    """Run ``posterior`` under each method and measure accuracy and cost.
+
+    Parameters
+    ----------
+    posterior : Posterior
+        A model bound to data (e.g. ``zoo.linear_regression.make_posterior``).
+    methods : list of str, optional
+        Method names (``nuts``, guide names, ``exact``...); default all that apply.
+    reference : str, optional
+        The method others are judged against; default ``exact`` where it exists, else
+        ``nuts``. It is run even when not listed in ``methods``; ``"none"`` judges nothing.
+    seed : int
+        Seed of every random choice: same seed, same results (timings aside).
+    preset : {"smoke", "full"} or Preset
+        How much work each method gets (a :class:`~comparisons.runners.Preset` for your own).
+    out_dir : path, optional
+        Where to write index.html, results.json, <method>.nc and figures/; files are written
+        to a temporary folder first and moved in, so nothing is left half-written.
+    """
+    if isinstance(preset, Preset):
+        settings = preset
+    elif preset in PRESETS:
+        settings = PRESETS[preset]
+    else:
+        raise ZooInputError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+    chosen = resolve_methods(posterior, methods)
+    if reference == "none":  # zoo fit: one method, judged against nothing
+        reference = None
+    else:
+        reference = resolve_methods(posterior, [reference or default_reference(posterior, chosen)])[0]
+        if reference not in chosen:
+            chosen = [reference, *chosen]
+    if out_dir is not None:
+        _check_writable(Path(out_dir))
+    timings = {"methods_s": 0.0, "conversion_s": 0.0, "metrics_s": 0.0}
+    runs: dict[str, MethodRun] = {}
+    idatas: dict[str, az.InferenceData] = {}
+    start = time.perf_counter()
+    for method in chosen:
+        logger.info("running %s", method)
+        run = run_method(posterior, method, seed=seed, preset=settings, progress=progress)
+        timings["methods_s"] += run.cost["wall_s"]
+        runs[method] = run
+        if run.error is None:
+            tick = time.perf_counter()
+            idatas[method] = to_inference_data(posterior, run, seed=seed)
+            timings["conversion_s"] += time.perf_counter() - tick
+        else:
+            logger.warning("%s failed: %s", method, run.error)
+    tick = time.perf_counter()
+    ref = None
+    if reference is not None and reference in idatas:
+        ref = M.reference_moments(idatas[reference], runs[reference], posterior.sites)
+    records = {m: _record(posterior, runs[m], idatas.get(m), ref) for m in chosen}
+    for m, rec in records.items():
+        rec["verdict"] = M.verdict(m, rec, reference=reference if ref else None)
+    timings["metrics_s"] = time.perf_counter() - tick
+    results = {
+        "schema": SCHEMA_VERSION,
+        "model": posterior.model_name,
+        "dataset": posterior.dataset,
+        "num_data": posterior.num_data,
+        "num_test": posterior.num_test,
+        "seed": seed,
+        "preset": settings.name,
+        "reference": reference if ref else None,
+        "versions": versions(),
+        "posterior": dict(posterior.description),
+        "methods": records,
+        "timings": timings,
+    }
+    if posterior.truth is not None:
+        results["truth"] = {k: np.asarray(v).tolist() for k, v in posterior.truth.items()}
+    comparison = Comparison(results=results, idata=idatas)
+    if out_dir is not None:
+        tick = time.perf_counter()
+        comparison.out_dir = write(comparison, Path(out_dir))
+        timings["report_s"] = time.perf_counter() - tick
+    timings["total_s"] = time.perf_counter() - start
+    if out_dir is not None:
+        _atomic_write_text(Path(out_dir) / "results.json", json.dumps(results, indent=2))
+    return comparison
+
+
+def _check_writable(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ZooInputError(f"--out-dir '{out_dir}' is a file; give a folder path")
+    parent = out_dir.parent if out_dir.parent != Path("") else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise ZooInputError(f"cannot write under '{probe}'; choose another --out-dir")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write(comparison: Comparison, out_dir: Path) -> Path:
+    """Write every file into a temporary folder beside ``out_dir``, then move each into
+    place with an atomic rename; an interruption leaves the old files or the new ones."""
+    from comparisons.report import render
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        for method, idata in comparison.idata.items():
+            idata.to_netcdf(str(staging / f"{method}.nc"), engine="h5netcdf")
+        (staging / "results.json").write_text(json.dumps(comparison.results, indent=2))
+        render(staging)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "figures").mkdir(exist_ok=True)
+        for path in sorted(staging.rglob("*")):
+            if path.is_file() and path.name != "index.html":
+                target = out_dir / path.relative_to(staging)
+                os.replace(path, target)
+        os.replace(staging / "index.html", out_dir / "index.html")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,223 @@
+"""Method runners: NUTS, SVI with each guide, and the model's closed forms.
+
+Every runner returns a :class:`MethodRun`: draws of the latent sites per chain, sampler
+statistics, cost and diagnostics. Conversion to ArviZ happens in :mod:`comparisons.convert`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyro
+from pyro.infer import MCMC, NUTS
+from pyro.infer.autoguide import init_to_median
+
+from guides import GUIDES, FitConfig, FitError, draw, fit_guide, get_guide
+from zoo import Posterior, ZooInputError, get_model
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How much work each method gets."""
+
+    name: str
+    num_chains: int
+    num_warmup: int
+    num_samples: int
+    num_draws: int
+    fit: FitConfig
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset("smoke", num_chains=2, num_warmup=500, num_samples=500, num_draws=2000,
+                    fit=FitConfig(num_steps=3000, min_steps=400, window=100)),
+    "full": Preset("full", num_chains=4, num_warmup=1000, num_samples=1000, num_draws=4000,
+                   fit=FitConfig()),
+}
+
+
+@dataclass
+class MethodRun:
+    """What one method produced on one posterior.
+
+    ``draws`` maps latent site names to arrays (chain, draw, *shape) in constrained space.
+    ``log_weights`` (chain, draw) are log p(x, z) - log q(z) for guides with a density.
+    ``moments`` are exact moments of the reported sites where the method has them.
+    """
+
+    method: str
+    draws: dict[str, np.ndarray]
+    cost: dict[str, float | int]
+    diagnostics: dict[str, float | int | str | bool] = field(default_factory=dict)
+    sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
+    elbo: np.ndarray | None = None
+    log_weights: np.ndarray | None = None
+    moments: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    point: bool = False
+    error: str | None = None
+
+
+class _CountingNUTS(NUTS):
+    """NUTS that counts potential-energy gradient evaluations and records per-draw stats."""
+
+    def _initialize_model_properties(self, model_args, model_kwargs):
+        super()._initialize_model_properties(model_args, model_kwargs)
+        inner = self.potential_fn
+        self.grad_evals = 0
+        self.per_draw: list[tuple[int, bool, float]] = []
+
+        def counted(z):
+            self.grad_evals += 1
+            return inner(z)
+
+        self.potential_fn = counted
+
+    def sample(self, params):
+        before, divergences = self.grad_evals, len(self._divergences)
+        z = super().sample(params)
+        self.per_draw.append(
+            (self.grad_evals - before, len(self._divergences) > divergences, float(self.step_size))
+        )
+        return z
+
+
+def run_nuts(posterior: Posterior, *, seed: int, preset: Preset, progress: bool = False) -> MethodRun:
+    """Pyro NUTS (JIT-compiled potential), chains run one after another with seeds
+    ``seed, seed + 1, ...``, so the result does not depend on the number of cores."""
+    chains: list[dict[str, np.ndarray]] = []
+    stats: dict[str, list[np.ndarray]] = {"n_steps": [], "diverging": [], "step_size": []}
+    grad_evals = 0
+    start = time.perf_counter()
+    for chain in range(preset.num_chains):
+        pyro.set_rng_seed(seed + chain)
+        kernel = _CountingNUTS(posterior.model, jit_compile=True, ignore_jit_warnings=True,
+                               init_strategy=init_to_median(num_samples=15),
+                               max_plate_nesting=posterior.max_plate_nesting)
+        mcmc = MCMC(kernel, num_samples=preset.num_samples, warmup_steps=preset.num_warmup,
+                    num_chains=1, disable_progbar=not progress)
+        mcmc.run(**posterior.data)
+        chains.append({k: v.detach().numpy() for k, v in mcmc.get_samples().items()})
+        kept = kernel.per_draw[-preset.num_samples:]
+        stats["n_steps"].append(np.array([s[0] for s in kept]))
+        stats["diverging"].append(np.array([s[1] for s in kept]))
+        stats["step_size"].append(np.array([s[2] for s in kept]))
+        grad_evals += kernel.grad_evals
+    wall = time.perf_counter() - start
+    draws = {k: np.stack([c[k] for c in chains]) for k in chains[0]}
+    sample_stats = {k: np.stack(v) for k, v in stats.items()}
+    sample_stats["tree_depth"] = np.floor(np.log2(sample_stats["n_steps"] + 1)).astype(int)
+    return MethodRun(
+        method="nuts", draws=draws, cost={"wall_s": wall, "grad_evals": grad_evals},
+        diagnostics={"divergences": int(sample_stats["diverging"].sum()),
+                     "num_chains": preset.num_chains, "num_samples": preset.num_samples,
+                     "num_warmup": preset.num_warmup},
+        sample_stats=sample_stats,
+    )
+
+
+def run_svi(posterior: Posterior, guide: str, *, seed: int, preset: Preset,
+            progress: bool = False) -> MethodRun:
+    """Fit the guide family by SVI, then draw from it (one chain of draws from q)."""
+    spec = get_guide(guide)
+    config = FitConfig(**{**preset.fit.__dict__, "progress": progress})
+    start = time.perf_counter()
+    try:
+        result = fit_guide(spec.name, posterior.model, seed=seed, config=config,
+                           max_plate_nesting=posterior.max_plate_nesting, **posterior.data)
+    except (FitError, FloatingPointError) as exc:
+        return MethodRun(method=spec.name, draws={}, cost={"wall_s": time.perf_counter() - start},
+                         error=str(exc), point=spec.point)
+    num_draws = 1 if spec.point else preset.num_draws
+    latent, log_w = draw(result.guide, posterior.model, posterior.data, num_draws, seed=seed + 1,
+                         max_plate_nesting=posterior.max_plate_nesting)
+    diagnostics: dict[str, float | int | str | bool] = {
+        "final_elbo": float(np.mean(result.elbo[-min(len(result.elbo), 100):])),
+        "converged": bool(result.converged),
+    }
+    for key, value in result.info.items():
+        diagnostics[key] = value if isinstance(value, str | bool | int) else float(value)
+    return MethodRun(
+        method=spec.name,
+        draws={k: v[None] for k, v in latent.items()},
+        cost={"wall_s": result.wall_s, "grad_evals": result.grad_evals, "steps": result.steps},
+        diagnostics=diagnostics,
+        elbo=result.elbo,
+        log_weights=log_w[None] if spec.has_density else None,
+        point=spec.point,
+    )
+
+
+def run_closed_form(posterior: Posterior, method: str, *, seed: int, preset: Preset,
+                    progress: bool = False) -> MethodRun:
+    """A closed form of the model (exact posterior, ML, EM)."""
+    start = time.perf_counter()
+    result = posterior.closed_forms[method](seed, 1 if method in ("ml",) else preset.num_draws)
+    wall = time.perf_counter() - start
+    return MethodRun(
+        method=method, draws={k: np.asarray(v)[None] for k, v in result.draws.items()},
+        cost={"wall_s": wall}, diagnostics=dict(result.info),
+        moments=dict(result.moments) if result.moments is not None else None, point=result.point,
+    )
+
+
+Runner = Callable[..., MethodRun]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method of a comparison: its kind (mcmc, svi, closed form) and how to run it."""
+
+    name: str
+    kind: str
+    run: Runner
+
+
+def available_methods(posterior: Posterior) -> dict[str, MethodSpec]:
+    """The methods that apply to this posterior, in report order."""
+    spec = get_model(posterior.model_name)
+    methods = {name: MethodSpec(name, "closed form", run_closed_form)
+               for name in posterior.closed_forms}
+    methods["nuts"] = MethodSpec("nuts", "mcmc", run_nuts)
+    for guide in spec.guides:
+        methods[guide] = MethodSpec(guide, "svi", run_svi)
+    return methods
+
+
+def resolve_methods(posterior: Posterior, names: list[str] | None) -> list[str]:
+    """Check requested method names (aliases allowed) against the posterior, clearly."""
+    available = available_methods(posterior)
+    if names is None:
+        return list(available)
+    spec = get_model(posterior.model_name)
+    resolved: list[str] = []
+    known = {"nuts", "exact", "ml", "em", *GUIDES, "map"}
+    for raw in names:
+        name = "delta" if raw == "map" else raw
+        if name not in known:
+            raise ZooInputError(
+                f"unknown method '{raw}'; choose from: {', '.join(available)}")
+        if name not in available:
+            if name in GUIDES:
+                raise ZooInputError(
+                    f"guide '{name}' does not apply to {spec.name}; it takes: {', '.join(spec.guides)}")
+            hint = spec.closed_form_hints.get(name, "")
+            raise ZooInputError(
+                f"method '{name}' is not available for this {spec.name} posterior"
+                + (f"; {hint}" if hint else f"; choose from: {', '.join(available)}"))
+        if name not in resolved:
+            resolved.append(name)
+    return resolved
+
+
+def run_method(posterior: Posterior, method: str, *, seed: int, preset: Preset,
+               progress: bool = False) -> MethodRun:
+    """Run one resolved method."""
+    spec = available_methods(posterior)[method]
+    if spec.kind == "svi":
+        return spec.run(posterior, method, seed=seed, preset=preset, progress=progress)
+    if spec.kind == "closed form":
+        return spec.run(posterior, method, seed=seed, preset=preset)
+    return spec.run(posterior, seed=seed, preset=preset, progress=progress)

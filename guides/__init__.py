@@ -1,0 +1,13 @@
+"""How the posterior is approximated: guide families by name and one SVI fitting loop.
+
+>>> from guides import fit_guide, GUIDES  # doctest: +SKIP
+"""
+
+from guides.fit import FitConfig, FitError, FitResult, draw, fit, fit_guide
+from guides.laplace import LaplaceGuide
+from guides.registry import ALIASES, GUIDES, GuideSpec, get_guide
+
+__all__ = [
+    "ALIASES", "GUIDES", "FitConfig", "FitError", "FitResult", "GuideSpec", "LaplaceGuide",
+    "draw", "fit", "fit_guide", "get_guide",
+]

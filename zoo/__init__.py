@@ -1,0 +1,12 @@
+"""What is inferred: the models of the zoo, their data and their closed forms.
+
+Each model is a module (``zoo.linear_regression``, ...) exporting a Pyro ``model``,
+``simulate(seed, ...)``, its closed forms and ``make_posterior``; ``zoo.registry.MODELS``
+lists them.
+"""
+
+from zoo.errors import ZooInputError
+from zoo.posterior import ClosedForm, Posterior
+from zoo.registry import MODELS, ModelSpec, get_model
+
+__all__ = ["MODELS", "ClosedForm", "ModelSpec", "Posterior", "ZooInputError", "get_model"]

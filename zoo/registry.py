@@ -1,0 +1,60 @@
+"""The model registry: one frozen spec per model, keyed by the model's module name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from zoo import linear_regression
+from zoo.errors import ZooInputError
+from zoo.posterior import Posterior
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the zoo knows about a model.
+
+    ``guides`` are the guide keys that apply; ``closed_forms`` the closed-form methods the
+    model can offer (a posterior built with some options may offer fewer: see
+    ``Posterior.closed_forms``); ``options`` the keyword options of ``make_posterior`` that
+    the command line may set.
+    """
+
+    name: str
+    summary: str
+    guides: tuple[str, ...]
+    closed_forms: tuple[str, ...]
+    datasets: Mapping[str, str]
+    default_dataset: str
+    options: tuple[str, ...]
+    make_posterior: Callable[..., Posterior]
+    closed_form_hints: Mapping[str, str] = field(default_factory=dict)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "linear_regression": ModelSpec(
+        name="linear_regression",
+        summary="Bayesian linear regression with data-scaled weakly informative or conjugate priors",
+        guides=("delta", "laplace", "mean_field", "low_rank", "full_rank", "flow"),
+        closed_forms=("exact",),
+        datasets={k: v.description for k, v in linear_regression.DATASETS.items()},
+        default_dataset="kidiq",
+        options=(
+            "target", "features", "degree", "prior", "center", "intercept", "intercept_scale",
+            "coef_scale", "sigma_prior", "sigma_scale", "sigma_known", "test_fraction",
+        ),
+        make_posterior=linear_regression.make_posterior,
+        closed_form_hints={
+            "exact": "'exact' needs the conjugate prior (--prior conjugate) or a known noise"
+            " scale (--sigma-known S)"
+        },
+    ),
+}
+
+
+def get_model(name: str) -> ModelSpec:
+    """The spec of a model by its registry key, or a clear error listing the keys."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ZooInputError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}") from None
