@@ -185,7 +185,7 @@ def plot_predictive(results, idatas, path: Path) -> str | None:
         ax.plot(grid, np.median(mu, axis=0), color="black", lw=1)
         ax.set_title(f"{m} ({'point estimate' if m == point else 'full posterior'})", fontsize=10)
         ax.set_xlabel(label)
-    axes[0].set_ylabel(obs)
+    axes[0].set_ylabel(_meta(idatas[reference])["description"].get("response", obs))
     axes[0].legend(fontsize=7)
     _savefig(fig, path)
     return point

@@ -7,6 +7,7 @@ statistics, cost and diagnostics. Conversion to ArviZ happens in :mod:`compariso
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -98,7 +99,12 @@ def run_nuts(posterior: Posterior, *, seed: int, preset: Preset, progress: bool 
                                max_plate_nesting=posterior.max_plate_nesting)
         mcmc = MCMC(kernel, num_samples=preset.num_samples, warmup_steps=preset.num_warmup,
                     num_chains=1, disable_progbar=not progress)
-        mcmc.run(**posterior.data)
+        with warnings.catch_warnings():
+            # Pyro's JIT path calls torch.jit.trace, which torch 2.13 marks deprecated; the
+            # message is Pyro's to act on, not the user's.
+            warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated",
+                                    category=DeprecationWarning)
+            mcmc.run(**posterior.data)
         chains.append({k: v.detach().numpy() for k, v in mcmc.get_samples().items()})
         kept = kernel.per_draw[-preset.num_samples:]
         stats["n_steps"].append(np.array([s[0] for s in kept]))

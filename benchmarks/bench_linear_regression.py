@@ -1,0 +1,91 @@
+"""Cost of the zoo on linear regression with N=1000 rows and D=10 features.
+
+Prints a table (run with `make bench`); nothing here is a timed test. Figures:
+1. NUTS bulk ESS per second through `zoo` (comparisons.compare) and through a bare Pyro
+   NUTS call on the same model, data, chains and seeds;
+2. steps per second of each guide's fit (SVI steps; objective evaluations for the L-BFGS
+   fits of delta and laplace);
+3. the zoo's own overhead (conversion, log-likelihood, metrics, report) as a share of the
+   wall time of a whole comparison.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+
+import arviz as az
+import numpy as np
+import pyro
+import torch
+from pyro.infer import MCMC, NUTS
+from pyro.infer.autoguide import init_to_median
+
+from comparisons import Preset, compare
+from guides import GUIDES, FitConfig, fit_guide
+from zoo import linear_regression as lr
+
+CHAINS, WARMUP, SAMPLES = 2, 500, 500
+
+
+def bare_pyro_nuts(post) -> tuple[float, float]:
+    """Wall time and min bulk ESS of bare Pyro NUTS, chains run as the zoo runs them."""
+    samples = []
+    start = time.perf_counter()
+    for chain in range(CHAINS):
+        pyro.set_rng_seed(chain)
+        kernel = NUTS(post.model, jit_compile=True, ignore_jit_warnings=True,
+                      init_strategy=init_to_median(num_samples=15))
+        mcmc = MCMC(kernel, num_samples=SAMPLES, warmup_steps=WARMUP, disable_progbar=True)
+        mcmc.run(**post.data)
+        samples.append({k: v.numpy() for k, v in mcmc.get_samples().items()})
+    wall = time.perf_counter() - start
+    draws = {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+    ess = az.ess(az.from_dict(posterior=draws), method="bulk")
+    return wall, float(min(np.min(ess[v].values) for v in ess.data_vars))
+
+
+def main() -> int:
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+    pyro.enable_validation(False)
+    frame, _ = lr.simulate(0, num_data=1000, num_features=10, correlation=0.3)
+    post = lr.make_posterior(frame, target="y")
+    preset = Preset("bench", num_chains=CHAINS, num_warmup=WARMUP, num_samples=SAMPLES,
+                    num_draws=2000, fit=FitConfig(num_steps=3000))
+    print(f"linear_regression, N=1000, D=10, torch threads 1, NUTS {CHAINS} chains x "
+          f"{WARMUP}+{SAMPLES}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = compare(post, methods=["nuts"], preset=preset, out_dir=tmp, seed=0)
+        zoo_wall = time.perf_counter() - start
+    rec = result.results["methods"]["nuts"]
+    zoo_ess = rec["diagnostics"]["ess_bulk_min"]
+    bare_wall, bare_ess = bare_pyro_nuts(post)
+    print("\nNUTS                       wall s   min bulk ESS   ESS/s")
+    print(f"zoo compare (sampling)   {rec['cost']['wall_s']:8.1f}   {zoo_ess:12.0f}   "
+          f"{zoo_ess / rec['cost']['wall_s']:5.1f}")
+    print(f"zoo compare (whole run)  {zoo_wall:8.1f}   {zoo_ess:12.0f}   {zoo_ess / zoo_wall:5.1f}")
+    print(f"bare Pyro NUTS           {bare_wall:8.1f}   {bare_ess:12.0f}   {bare_ess / bare_wall:5.1f}")
+
+    print("\nguide        steps   wall s   steps/s   (delta, laplace: L-BFGS evaluations)")
+    for name in GUIDES:
+        fixed = FitConfig(num_steps=400, min_steps=10**9)  # no early stop: fixed work
+        res = fit_guide(name, post.model, seed=0, config=fixed, **post.data)
+        print(f"{name:<11} {res.steps:6d}  {res.wall_s:7.2f}   {res.steps / res.wall_s:7.1f}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = compare(post, preset=preset, out_dir=tmp, seed=0)
+    t = result.results["timings"]
+    overhead = t["conversion_s"] + t["metrics_s"] + t["report_s"]
+    print("\nwhole comparison (all methods)      s")
+    for key in ("methods_s", "conversion_s", "metrics_s", "report_s", "total_s"):
+        print(f"  {key:<30} {t[key]:7.1f}")
+    print(f"  zoo overhead share of wall time  {overhead / t['total_s']:7.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
