@@ -7,12 +7,27 @@ import logging
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoLaplaceApproximation, AutoMultivariateNormal
-from pyro.ops.hessian import hessian
 
 logger = logging.getLogger(__name__)
 
-#: Eigenvalues of the Hessian below this fraction of the largest one count as zero.
+#: Eigenvalues of the Hessian below this fraction of the largest one count as zero
+#: (raised to sqrt(machine epsilon) of the dtype where that is larger, as in float32).
 RELATIVE_FLOOR = 1e-8
+
+
+def _hessian(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Dense Hessian of a scalar; parts of ``x`` the loss does not curve in give zeros
+    (pyro.ops.hessian raises on a loss that is linear or constant in ``x``)."""
+    if not loss.requires_grad:
+        return torch.zeros(x.numel(), x.numel(), dtype=x.dtype)
+    (grad,) = torch.autograd.grad(loss, x, create_graph=True, allow_unused=True)
+    if grad is None or not grad.requires_grad:
+        return torch.zeros(x.numel(), x.numel(), dtype=x.dtype)
+    rows = []
+    for i in range(x.numel()):
+        (row,) = torch.autograd.grad(grad[i], x, retain_graph=True, allow_unused=True)
+        rows.append(torch.zeros_like(x) if row is None else row)
+    return torch.stack(rows)
 
 
 class LaplaceGuide(AutoLaplaceApproximation):
@@ -36,7 +51,7 @@ class LaplaceGuide(AutoLaplaceApproximation):
             *args, **kwargs
         )
         loss = guide_trace.log_prob_sum() - model_trace.log_prob_sum()
-        h = hessian(loss, self.loc)
+        h = _hessian(loss, self.loc)
         with torch.no_grad():
             h = 0.5 * (h + h.T)
             if not torch.isfinite(h).all():
@@ -44,8 +59,10 @@ class LaplaceGuide(AutoLaplaceApproximation):
                     "the Hessian at the MAP point is not finite; the fit did not reach a valid mode"
                 )
             evals, evecs = torch.linalg.eigh(h)
-            largest = evals.abs().max().clamp_min(torch.finfo(h.dtype).tiny)
-            floor = RELATIVE_FLOOR * largest
+            largest = float(evals.abs().max())
+            relative = max(RELATIVE_FLOOR, torch.finfo(h.dtype).eps ** 0.5)
+            # With no curvature at all there is no scale to be relative to: unit curvature.
+            floor = relative * largest if largest > 0 else 1.0
             num_negative = int((evals < -floor).sum())
             num_flat = int((evals.abs() <= floor).sum())
             self.hessian_min_eig = float(evals.min())
@@ -56,7 +73,7 @@ class LaplaceGuide(AutoLaplaceApproximation):
                 )
             elif num_flat:
                 self.hessian_status = (
-                    f"singular: {num_flat} eigenvalue(s) below {RELATIVE_FLOOR:g} x the largest;"
+                    f"singular: {num_flat} eigenvalue(s) below {relative:.1g} x the largest;"
                     " raised to that floor (a flat direction: huge variance there)"
                 )
             else:
