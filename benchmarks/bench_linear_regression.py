@@ -35,8 +35,12 @@ def bare_pyro_nuts(post) -> tuple[float, float]:
     start = time.perf_counter()
     for chain in range(CHAINS):
         pyro.set_rng_seed(chain)
-        kernel = NUTS(post.model, jit_compile=True, ignore_jit_warnings=True,
-                      init_strategy=init_to_median(num_samples=15))
+        kernel = NUTS(
+            post.model,
+            jit_compile=True,
+            ignore_jit_warnings=True,
+            init_strategy=init_to_median(num_samples=15),
+        )
         mcmc = MCMC(kernel, num_samples=SAMPLES, warmup_steps=WARMUP, disable_progbar=True)
         mcmc.run(**post.data)
         samples.append({k: v.numpy() for k, v in mcmc.get_samples().items()})
@@ -52,10 +56,18 @@ def main() -> int:
     pyro.enable_validation(False)
     frame, _ = lr.simulate(0, num_data=1000, num_features=10, correlation=0.3)
     post = lr.make_posterior(frame, target="y")
-    preset = Preset("bench", num_chains=CHAINS, num_warmup=WARMUP, num_samples=SAMPLES,
-                    num_draws=2000, fit=FitConfig(num_steps=3000))
-    print(f"linear_regression, N=1000, D=10, torch threads 1, NUTS {CHAINS} chains x "
-          f"{WARMUP}+{SAMPLES}")
+    preset = Preset(
+        "bench",
+        num_chains=CHAINS,
+        num_warmup=WARMUP,
+        num_samples=SAMPLES,
+        num_draws=2000,
+        fit=FitConfig(num_steps=3000),
+    )
+    print(
+        f"linear_regression, N=1000, D=10, torch threads 1, NUTS {CHAINS} chains x "
+        f"{WARMUP}+{SAMPLES}"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -65,10 +77,14 @@ def main() -> int:
     zoo_ess = rec["diagnostics"]["ess_bulk_min"]
     bare_wall, bare_ess = bare_pyro_nuts(post)
     print("\nNUTS                       wall s   min bulk ESS   ESS/s")
-    print(f"zoo compare (sampling)   {rec['cost']['wall_s']:8.1f}   {zoo_ess:12.0f}   "
-          f"{zoo_ess / rec['cost']['wall_s']:5.1f}")
+    print(
+        f"zoo compare (sampling)   {rec['cost']['wall_s']:8.1f}   {zoo_ess:12.0f}   "
+        f"{zoo_ess / rec['cost']['wall_s']:5.1f}"
+    )
     print(f"zoo compare (whole run)  {zoo_wall:8.1f}   {zoo_ess:12.0f}   {zoo_ess / zoo_wall:5.1f}")
-    print(f"bare Pyro NUTS           {bare_wall:8.1f}   {bare_ess:12.0f}   {bare_ess / bare_wall:5.1f}")
+    print(
+        f"bare Pyro NUTS           {bare_wall:8.1f}   {bare_ess:12.0f}   {bare_ess / bare_wall:5.1f}"
+    )
 
     print("\nguide        steps   wall s   steps/s   (delta, laplace: L-BFGS evaluations)")
     for name in GUIDES:

@@ -11,11 +11,19 @@ from zoo import MODELS, ZooInputError, get_model
 
 MODEL_FLAGS = {
     # flag destination -> make_posterior keyword
-    "target": "target", "features": "features", "degree": "degree", "prior": "prior",
-    "center": "center", "intercept": "intercept", "prior_intercept_scale": "intercept_scale",
-    "prior_coef_scale": "coef_scale", "sigma_prior": "sigma_prior",
-    "prior_sigma_scale": "sigma_scale", "sigma_known": "sigma_known",
-    "test_fraction": "test_fraction", "num_components": "num_components",
+    "target": "target",
+    "features": "features",
+    "degree": "degree",
+    "prior": "prior",
+    "center": "center",
+    "intercept": "intercept",
+    "prior_intercept_scale": "intercept_scale",
+    "prior_coef_scale": "coef_scale",
+    "sigma_prior": "sigma_prior",
+    "prior_sigma_scale": "sigma_scale",
+    "sigma_known": "sigma_known",
+    "test_fraction": "test_fraction",
+    "num_components": "num_components",
     "latent_dim": "latent_dim",
 }
 
@@ -33,30 +41,59 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     src.add_argument("--dataset", help="built-in data set (see `zoo list`)")
     src.add_argument("--data", type=Path, help="your CSV file (header row, numeric columns)")
     p.add_argument("--target", help="response column (regression)")
-    p.add_argument("--features", type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
-                   help="comma-separated predictor columns (default: all others)")
-    p.add_argument("--reference", help="method the others are judged against "
-                   "(default: exact where it exists, else nuts)")
+    p.add_argument(
+        "--features",
+        type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
+        help="comma-separated predictor columns (default: all others)",
+    )
+    p.add_argument(
+        "--reference",
+        help="method the others are judged against (default: exact where it exists, else nuts)",
+    )
     p.add_argument("--preset", default="full", help="smoke (quick look) or full (default)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-    p.add_argument("--out-dir", type=Path, help="output folder (default reports/<model>-<dataset>/)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                   help="device for the neural models")
+    p.add_argument(
+        "--out-dir", type=Path, help="output folder (default reports/<model>-<dataset>/)"
+    )
+    p.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="device for the neural models"
+    )
     p.add_argument("--num-components", type=int, help="number of mixture components (gmm)")
     p.add_argument("--latent-dim", type=int, help="latent dimension (ppca, vae, two_level_vae)")
-    p.add_argument("--test-fraction", type=float, default=0.2,
-                   help="share of rows held out for the held-out log predictive density (0.2)")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of rows held out for the held-out log predictive density (0.2)",
+    )
     p.add_argument("--progress", action="store_true", help="show progress bars")
     reg = p.add_argument_group("linear_regression")
     reg.add_argument("--degree", type=int, help="polynomial basis x..x^degree of one feature")
-    reg.add_argument("--prior", help="weakly_informative (default) or conjugate "
-                     "(normal-inverse-gamma, gives the method exact)")
-    reg.add_argument("--center", dest="center", action="store_true", default=None,
-                     help="sample the intercept at the predictor means (default)")
-    reg.add_argument("--no-center", dest="center", action="store_false",
-                     help="sample the raw intercept (strongly correlated with the slopes)")
-    reg.add_argument("--no-intercept", dest="intercept", action="store_false", default=None,
-                     help="regression through the origin")
+    reg.add_argument(
+        "--prior",
+        help="weakly_informative (default) or conjugate "
+        "(normal-inverse-gamma, gives the method exact)",
+    )
+    reg.add_argument(
+        "--center",
+        dest="center",
+        action="store_true",
+        default=None,
+        help="sample the intercept at the predictor means (default)",
+    )
+    reg.add_argument(
+        "--no-center",
+        dest="center",
+        action="store_false",
+        help="sample the raw intercept (strongly correlated with the slopes)",
+    )
+    reg.add_argument(
+        "--no-intercept",
+        dest="intercept",
+        action="store_false",
+        default=None,
+        help="regression through the origin",
+    )
     reg.add_argument("--prior-intercept-scale", type=float, help="prior sd of the intercept")
     reg.add_argument("--prior-coef-scale", type=float, help="prior sd of every coefficient")
     reg.add_argument("--sigma-prior", help="exponential (default), half_normal or half_cauchy")
@@ -70,8 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="models, guides, methods and built-in data sets")
     cmp_ = sub.add_parser("compare", help="run a model under several methods and write a report")
     _add_run_options(cmp_)
-    cmp_.add_argument("--methods", type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
-                      help="comma-separated methods (default: all that apply)")
+    cmp_.add_argument(
+        "--methods",
+        type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
+        help="comma-separated methods (default: all that apply)",
+    )
     fit = sub.add_parser("fit", help="run one method and write its files")
     _add_run_options(fit)
     fit.add_argument("--method", required=True, help="nuts, a guide name, or a closed form")
@@ -87,8 +127,10 @@ def _list() -> str:
     lines = ["models:"]
     for spec in MODELS.values():
         lines.append(f"  {spec.name:<20} {spec.summary}")
-        lines.append(f"  {'':<20} guides: {', '.join(spec.guides)}; "
-                     f"methods: nuts, {', '.join(spec.guides)}, {', '.join(spec.closed_forms)}")
+        lines.append(
+            f"  {'':<20} guides: {', '.join(spec.guides)}; "
+            f"methods: nuts, {', '.join(spec.guides)}, {', '.join(spec.closed_forms)}"
+        )
         lines.append(f"  {'':<20} data sets (--dataset):")
         for name, text in spec.datasets.items():
             lines.append(f"  {'':<22}{name:<11} {text}")
@@ -109,16 +151,22 @@ def _posterior(args: argparse.Namespace):
             continue
         if key not in spec.options:
             flag = "--" + {"intercept": "no-intercept"}.get(dest, dest.replace("_", "-"))
-            raise ZooInputError(f"{flag} does not apply to {spec.name}; see zoo {args.command} --help")
+            raise ZooInputError(
+                f"{flag} does not apply to {spec.name}; see zoo {args.command} --help"
+            )
         options[key] = value
     if args.device != "cpu":
-        raise ZooInputError(f"--device {args.device} is for the neural models; {spec.name} runs on cpu")
+        raise ZooInputError(
+            f"--device {args.device} is for the neural models; {spec.name} runs on cpu"
+        )
     data = args.dataset or spec.default_dataset
     if args.data is not None:
         data = str(args.data)
     elif data not in spec.datasets:
-        raise ZooInputError(f"unknown dataset '{data}' for {spec.name}; choose one of: "
-                            f"{', '.join(spec.datasets)} (or give a CSV with --data)")
+        raise ZooInputError(
+            f"unknown dataset '{data}' for {spec.name}; choose one of: "
+            f"{', '.join(spec.datasets)} (or give a CSV with --data)"
+        )
     posterior = spec.make_posterior(data, seed=args.seed, **options)
     return spec, posterior
 
@@ -140,8 +188,15 @@ def _run(args: argparse.Namespace) -> int:
         reference = args.reference
         default_dir = Path("reports") / f"{spec.name}-{stem}"
     out_dir = args.out_dir or default_dir
-    result = compare(posterior, methods=methods, reference=reference, seed=args.seed,
-                     preset=args.preset, out_dir=out_dir, progress=args.progress)
+    result = compare(
+        posterior,
+        methods=methods,
+        reference=reference,
+        seed=args.seed,
+        preset=args.preset,
+        out_dir=out_dir,
+        progress=args.progress,
+    )
     for method, record in result.results["methods"].items():
         print(f"{method:<11} {record['cost']['wall_s']:7.1f} s  {record.get('verdict', '')}")
     print(f"report: {out_dir / 'index.html'}")

@@ -45,8 +45,10 @@ def default_reference(posterior: Posterior, methods: list[str]) -> str:
 
 
 def versions() -> dict[str, str]:
-    return {"python": platform.python_version(),
-            **{name: metadata.version(name) for name in ("torch", "pyro-ppl", "arviz")}}
+    return {
+        "python": platform.python_version(),
+        **{name: metadata.version(name) for name in ("torch", "pyro-ppl", "arviz")},
+    }
 
 
 def _clean(values: dict, *, numbers_only: bool) -> dict:
@@ -66,12 +68,20 @@ def _clean(values: dict, *, numbers_only: bool) -> dict:
     return out
 
 
-def _record(posterior: Posterior, run: MethodRun, idata: az.InferenceData | None,
-            ref: tuple[dict, dict] | None) -> dict:
+def _record(
+    posterior: Posterior,
+    run: MethodRun,
+    idata: az.InferenceData | None,
+    ref: tuple[dict, dict] | None,
+) -> dict:
     cost = {k: (float(v) if k == "wall_s" else int(v)) for k, v in run.cost.items()}
     if run.error is not None or idata is None:
-        return {"cost": cost, "summary": {}, "metrics": {},
-                "diagnostics": {"status": "failed", "error": run.error or "no draws"}}
+        return {
+            "cost": cost,
+            "summary": {},
+            "metrics": {},
+            "diagnostics": {"status": "failed", "error": run.error or "no draws"},
+        }
     sites = posterior.sites
     stats = M.summary(idata, sites)
     diagnostics = dict(run.diagnostics)
@@ -83,10 +93,16 @@ def _record(posterior: Posterior, run: MethodRun, idata: az.InferenceData | None
     if f"{posterior.obs_site}_test" in ll:
         met["lpd_test"] = M.lpd(ll[f"{posterior.obs_site}_test"].values)
     if not run.point:
-        met.update({k: v for k, v in M.loo(idata, posterior.obs_site).items()
-                    if k in ("elpd_loo", "elpd_loo_se")})
-        diagnostics.update({k: v for k, v in M.loo(idata, posterior.obs_site).items()
-                            if k.startswith("loo_")})
+        met.update(
+            {
+                k: v
+                for k, v in M.loo(idata, posterior.obs_site).items()
+                if k in ("elpd_loo", "elpd_loo_se")
+            }
+        )
+        diagnostics.update(
+            {k: v for k, v in M.loo(idata, posterior.obs_site).items() if k.startswith("loo_")}
+        )
     if run.method == "nuts":
         diagnostics.update(M.nuts_diagnostics(idata, sites))
         met["ess_per_s"] = diagnostics["ess_bulk_min"] / max(cost["wall_s"], 1e-9)
@@ -94,8 +110,12 @@ def _record(posterior: Posterior, run: MethodRun, idata: az.InferenceData | None
         khat, ess = M.psis_khat(run.log_weights)
         diagnostics["khat"] = khat
         met["ess_per_s"] = ess / max(cost["wall_s"], 1e-9)
-    return {"cost": cost, "summary": stats, "diagnostics": _clean(diagnostics, numbers_only=False),
-            "metrics": _clean(met, numbers_only=True)}
+    return {
+        "cost": cost,
+        "summary": stats,
+        "diagnostics": _clean(diagnostics, numbers_only=False),
+        "metrics": _clean(met, numbers_only=True),
+    }
 
 
 def compare(
@@ -137,7 +157,9 @@ def compare(
     if reference == "none":  # zoo fit: one method, judged against nothing
         reference = None
     else:
-        reference = resolve_methods(posterior, [reference or default_reference(posterior, chosen)])[0]
+        reference = resolve_methods(posterior, [reference or default_reference(posterior, chosen)])[
+            0
+        ]
         if reference not in chosen:
             chosen = [reference, *chosen]
     if out_dir is not None:

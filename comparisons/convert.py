@@ -23,8 +23,9 @@ from zoo import Posterior
 CHUNK = 2000
 
 
-def _trace_chunk(posterior: Posterior, latent: Mapping[str, np.ndarray],
-                 data: Mapping[str, torch.Tensor]) -> pyro.poutine.Trace:
+def _trace_chunk(
+    posterior: Posterior, latent: Mapping[str, np.ndarray], data: Mapping[str, torch.Tensor]
+) -> pyro.poutine.Trace:
     num = len(next(iter(latent.values())))
     m = posterior.max_plate_nesting
     dtype = torch.get_default_dtype()
@@ -55,7 +56,7 @@ def push_forward(
     m = posterior.max_plate_nesting
     pieces: dict[str, list[np.ndarray]] = {}
     for lo in range(0, total, CHUNK):
-        chunk = {k: v[lo:lo + CHUNK] for k, v in latent.items()}
+        chunk = {k: v[lo : lo + CHUNK] for k, v in latent.items()}
         num = len(next(iter(chunk.values())))
         tr = _trace_chunk(posterior, chunk, data)
         out: dict[str, np.ndarray] = {}
@@ -64,7 +65,7 @@ def push_forward(
                 continue
             value = site["value"]
             if site.get("infer", {}).get("_deterministic"):
-                out[name] = value.reshape((num,) + tuple(value.shape[1 + m:])).numpy()
+                out[name] = value.reshape((num,) + tuple(value.shape[1 + m :])).numpy()
             elif name == posterior.obs_site:
                 lp = site["fn"].log_prob(value)
                 out["log_lik"] = lp.expand(site["fn"].batch_shape).reshape(num, -1).numpy()
@@ -87,8 +88,9 @@ def _unflat(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return values.reshape(shape + values.shape[1:])
 
 
-def to_inference_data(posterior: Posterior, run: MethodRun, *, seed: int = 0,
-                      num_predictive: int = 500) -> az.InferenceData:
+def to_inference_data(
+    posterior: Posterior, run: MethodRun, *, seed: int = 0, num_predictive: int = 500
+) -> az.InferenceData:
     """ArviZ InferenceData of one method: posterior (reported and latent sites),
     log_likelihood, sample_stats, observed_data, posterior_predictive on the report grid
     and, when rows were held out, ``log_likelihood_test`` in the attrs-free group
@@ -118,8 +120,9 @@ def to_inference_data(posterior: Posterior, run: MethodRun, *, seed: int = 0,
         total = shape[0] * shape[1]
         rng = np.random.default_rng(seed)
         pick = rng.choice(total, size=num_predictive, replace=total < num_predictive)
-        grid_draws = push_forward(posterior, {k: v[pick] for k, v in latent.items()}, grid.data,
-                                  seed=seed)
+        grid_draws = push_forward(
+            posterior, {k: v[pick] for k, v in latent.items()}, grid.data, seed=seed
+        )
         predictive = {f"{obs}_grid": grid_draws[obs][None], "mean_grid": grid_draws["_mean"][None]}
         dims[f"{obs}_grid"] = ["grid"]
         dims["mean_grid"] = ["grid"]
@@ -134,15 +137,21 @@ def to_inference_data(posterior: Posterior, run: MethodRun, *, seed: int = 0,
         sample_stats=sample_stats or None,
         posterior_predictive=predictive,
         observed_data={obs: posterior.data[obs].numpy()},
-        constant_data=({"plot_x": np.asarray(posterior.grid.observed_x)}
-                       if posterior.grid is not None else None),
+        constant_data=(
+            {"plot_x": np.asarray(posterior.grid.observed_x)}
+            if posterior.grid is not None
+            else None
+        ),
         dims={**dims, "plot_x": ["obs"]},
         coords=coords,
         attrs={"method": run.method, "model": posterior.model_name, "dataset": posterior.dataset},
     )
-    meta = {"point": run.point, "sites": list(posterior.sites),
-            "description": dict(posterior.description),
-            "grid_label": posterior.grid.label if posterior.grid is not None else ""}
+    meta = {
+        "point": run.point,
+        "sites": list(posterior.sites),
+        "description": dict(posterior.description),
+        "grid_label": posterior.grid.label if posterior.grid is not None else "",
+    }
     idata.posterior.attrs["zoo"] = json.dumps(meta)
     if run.elbo is not None:
         idata.posterior.attrs["elbo"] = np.asarray(run.elbo, dtype=float)

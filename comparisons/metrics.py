@@ -34,8 +34,11 @@ def labelled(idata: az.InferenceData, sites: Sequence[str]) -> dict[str, np.ndar
     return out
 
 
-def moments_by_label(moments: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                     idata: az.InferenceData, sites: Sequence[str]) -> dict[str, tuple[float, float]]:
+def moments_by_label(
+    moments: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    idata: az.InferenceData,
+    sites: Sequence[str],
+) -> dict[str, tuple[float, float]]:
     """Exact site moments mapped onto ArviZ labels (same order as :func:`labelled`)."""
     labels = labelled(idata, sites)
     out: dict[str, tuple[float, float]] = {}
@@ -53,12 +56,16 @@ def summary(idata: az.InferenceData, sites: Sequence[str]) -> dict[str, dict[str
     """Mean and sd of each reported scalar (sd 0 for a point estimate)."""
     out = {}
     for label, v in labelled(idata, sites).items():
-        out[label] = {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+        out[label] = {
+            "mean": float(np.mean(v)),
+            "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+        }
     return out
 
 
-def reference_moments(idata: az.InferenceData, run: MethodRun,
-                      sites: Sequence[str]) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
+def reference_moments(
+    idata: az.InferenceData, run: MethodRun, sites: Sequence[str]
+) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
     """Reference mean and sd by label, and the Monte Carlo standard error of each mean
     (zero for exact moments)."""
     if run.moments is not None:
@@ -68,7 +75,9 @@ def reference_moments(idata: az.InferenceData, run: MethodRun,
     if idata.posterior.sizes["draw"] > 1:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            errors = labelled(_as_idata(az.mcse(idata, var_names=list(sites), method="mean")), sites)
+            errors = labelled(
+                _as_idata(az.mcse(idata, var_names=list(sites), method="mean")), sites
+            )
         mcse = {k: float(np.ravel(v)[0]) for k, v in errors.items()}
     return {k: (v["mean"], v["sd"]) for k, v in stats.items()}, mcse
 
@@ -78,8 +87,11 @@ def _as_idata(dataset) -> az.InferenceData:
     return az.InferenceData(posterior=dataset.expand_dims(chain=1, draw=1))
 
 
-def accuracy(stats: Mapping[str, Mapping[str, float]], ref: Mapping[str, tuple[float, float]],
-             ref_mcse: Mapping[str, float]) -> dict[str, float]:
+def accuracy(
+    stats: Mapping[str, Mapping[str, float]],
+    ref: Mapping[str, tuple[float, float]],
+    ref_mcse: Mapping[str, float],
+) -> dict[str, float]:
     """Mean z and sd ratio against the reference, with the reference's own MC error on the
     z scale (``ref_mcse_z_max``: a |mean z| below about twice it is noise)."""
     z, ratio, noise = [], [], []
@@ -90,8 +102,11 @@ def accuracy(stats: Mapping[str, Mapping[str, float]], ref: Mapping[str, tuple[f
         ratio.append(stats[label]["sd"] / s_ref)
         if label in ref_mcse:
             noise.append(ref_mcse[label] / s_ref)
-    out = {"max_abs_mean_z": float(max(z)), "sd_ratio_min": float(min(ratio)),
-           "sd_ratio_max": float(max(ratio))}
+    out = {
+        "max_abs_mean_z": float(max(z)),
+        "sd_ratio_min": float(min(ratio)),
+        "sd_ratio_max": float(max(ratio)),
+    }
     if noise:
         out["ref_mcse_z_max"] = float(max(noise))
     return out
@@ -119,8 +134,12 @@ def loo(idata: az.InferenceData, obs: str) -> dict[str, float | int]:
         warnings.simplefilter("ignore")
         result = az.loo(idata, pointwise=True, var_name=obs)
     k = np.asarray(result.pareto_k)
-    return {"elpd_loo": float(result.elpd_loo), "elpd_loo_se": float(result.se),
-            "loo_khat_max": float(np.max(k)), "loo_khat_bad": int(np.sum(k > KHAT_BAD))}
+    return {
+        "elpd_loo": float(result.elpd_loo),
+        "elpd_loo_se": float(result.se),
+        "loo_khat_max": float(np.max(k)),
+        "loo_khat_bad": int(np.sum(k > KHAT_BAD)),
+    }
 
 
 def nuts_diagnostics(idata: az.InferenceData, sites: Sequence[str]) -> dict[str, float]:
@@ -130,9 +149,11 @@ def nuts_diagnostics(idata: az.InferenceData, sites: Sequence[str]) -> dict[str,
         rhat = labelled(_as_idata(az.rhat(idata, var_names=list(sites))), sites)
         bulk = labelled(_as_idata(az.ess(idata, var_names=list(sites), method="bulk")), sites)
         tail = labelled(_as_idata(az.ess(idata, var_names=list(sites), method="tail")), sites)
-    return {"r_hat_max": float(max(np.ravel(v)[0] for v in rhat.values())),
-            "ess_bulk_min": float(min(np.ravel(v)[0] for v in bulk.values())),
-            "ess_tail_min": float(min(np.ravel(v)[0] for v in tail.values()))}
+    return {
+        "r_hat_max": float(max(np.ravel(v)[0] for v in rhat.values())),
+        "ess_bulk_min": float(min(np.ravel(v)[0] for v in bulk.values())),
+        "ess_tail_min": float(min(np.ravel(v)[0] for v in tail.values())),
+    }
 
 
 def verdict(method: str, record: Mapping[str, Mapping], *, reference: str | None) -> str:
@@ -142,12 +163,18 @@ def verdict(method: str, record: Mapping[str, Mapping], *, reference: str | None
         return f"failed: {diag.get('error', '')}"
     notes = []
     if method == "nuts":
-        ok = (diag.get("r_hat_max", 9) < 1.01 and diag.get("divergences", 1) == 0
-              and diag.get("ess_bulk_min", 0) > 400)
-        notes.append("converged (R-hat < 1.01, no divergences, bulk ESS > 400)" if ok else
-                     f"check convergence: R-hat {diag.get('r_hat_max', float('nan')):.3f}, "
-                     f"{diag.get('divergences', 0)} divergences, "
-                     f"bulk ESS {diag.get('ess_bulk_min', 0):.0f}")
+        ok = (
+            diag.get("r_hat_max", 9) < 1.01
+            and diag.get("divergences", 1) == 0
+            and diag.get("ess_bulk_min", 0) > 400
+        )
+        notes.append(
+            "converged (R-hat < 1.01, no divergences, bulk ESS > 400)"
+            if ok
+            else f"check convergence: R-hat {diag.get('r_hat_max', float('nan')):.3f}, "
+            f"{diag.get('divergences', 0)} divergences, "
+            f"bulk ESS {diag.get('ess_bulk_min', 0):.0f}"
+        )
     if "hessian" in diag and diag["hessian"] != "positive definite":
         notes.append(f"Hessian {diag['hessian'].split(':')[0]}")
     if diag.get("converged") is False:
@@ -168,6 +195,8 @@ def verdict(method: str, record: Mapping[str, Mapping], *, reference: str | None
             notes.append(f"means off by up to {z:.2f} sd (sd ratio {lo:.2f}-{hi:.2f})")
     khat = diag.get("khat")
     if khat is not None:
-        notes.append(f"PSIS k {khat:.2f}" + (" > 0.7: importance correction unreliable"
-                                              if khat > KHAT_BAD else ""))
+        notes.append(
+            f"PSIS k {khat:.2f}"
+            + (" > 0.7: importance correction unreliable" if khat > KHAT_BAD else "")
+        )
     return "; ".join(notes)

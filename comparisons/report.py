@@ -29,7 +29,9 @@ def load(out_dir: str | Path) -> tuple[dict, dict[str, az.InferenceData]]:
     out_dir = Path(out_dir)
     path = out_dir / "results.json"
     if not path.is_file():
-        raise ZooInputError(f"'{out_dir}' holds no results.json; give a folder written by zoo compare")
+        raise ZooInputError(
+            f"'{out_dir}' holds no results.json; give a folder written by zoo compare"
+        )
     try:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -72,15 +74,18 @@ def plot_marginals(results, idatas, sites, path: Path) -> bool:
         grid = np.linspace(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo), 200)
         for m in methods:
             v = np.ravel(draws[m][label])
-            style = {"color": "black", "lw": 2.5, "zorder": 5} if m == reference else {
-                "color": _color(methods, m), "lw": 1.3}
+            style = (
+                {"color": "black", "lw": 2.5, "zorder": 5}
+                if m == reference
+                else {"color": _color(methods, m), "lw": 1.3}
+            )
             if v.std() == 0:
                 ax.axvline(v[0], ls="--", label=m, **style)
             else:
                 ax.plot(grid, gaussian_kde(v)(grid), label=m, **style)
         ax.set_title(label, fontsize=9)
         ax.set_yticks([])
-    for ax in list(axes.flat)[len(labels):]:
+    for ax in list(axes.flat)[len(labels) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     _savefig(fig, path)
@@ -109,8 +114,9 @@ def plot_pair(results, idatas, sites, path: Path) -> str | None:
     methods = list(idatas)
     ncol = min(4, len(methods))
     nrow = -(-len(methods) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.0 * nrow), squeeze=False,
-                             sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(3.2 * ncol, 3.0 * nrow), squeeze=False, sharex=True, sharey=True
+    )
     rng = np.random.default_rng(0)
     take = rng.permutation(len(ref[a]))[:1500]
     for ax, m in zip(axes.flat, methods):
@@ -124,21 +130,24 @@ def plot_pair(results, idatas, sites, path: Path) -> str | None:
         ax.set_title(m, fontsize=9)
         ax.set_xlabel(a, fontsize=8)
         ax.set_ylabel(b, fontsize=8)
-    for ax in list(axes.flat)[len(methods):]:
+    for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
     _savefig(fig, path)
     return f"{a} and {b} (reference correlation {r:+.2f})"
 
 
 def plot_elbo(idatas, path: Path) -> bool:
-    traces = {m: np.asarray(i.posterior.attrs["elbo"]) for m, i in idatas.items()
-              if "elbo" in i.posterior.attrs}
+    traces = {
+        m: np.asarray(i.posterior.attrs["elbo"])
+        for m, i in idatas.items()
+        if "elbo" in i.posterior.attrs
+    }
     if not traces:
         return False
     fig, axes = plt.subplots(1, len(traces), figsize=(3.2 * len(traces), 2.8), squeeze=False)
     for ax, (m, t) in zip(axes.flat, traces.items()):
         ax.plot(np.arange(len(t)), t, lw=0.6)
-        lo = np.quantile(t[len(t) // 10:], 0.01) if len(t) > 20 else t.min()
+        lo = np.quantile(t[len(t) // 10 :], 0.01) if len(t) > 20 else t.min()
         span = t.max() - lo
         ax.set_ylim(lo - 0.1 * span, t.max() + 0.1 * span + 1e-9)
         ax.set_title(m, fontsize=9)
@@ -176,8 +185,13 @@ def plot_predictive(results, idatas, path: Path) -> str | None:
         grid = pp.coords["grid"].values
         y = pp[f"{obs}_grid"].values.reshape(-1, len(grid))
         mu = pp["mean_grid"].values.reshape(-1, len(grid))
-        ax.scatter(idata.constant_data["plot_x"].values, idata.observed_data[obs].values, s=6,
-                   color="0.5", label="fitted rows")
+        ax.scatter(
+            idata.constant_data["plot_x"].values,
+            idata.observed_data[obs].values,
+            s=6,
+            color="0.5",
+            label="fitted rows",
+        )
         lo, hi = np.quantile(y, [0.05, 0.95], axis=0)
         ax.fill_between(grid, lo, hi, alpha=0.25, label="90% predictive interval")
         mlo, mhi = np.quantile(mu, [0.05, 0.95], axis=0)
@@ -204,11 +218,18 @@ def _fmt(value, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
-TABLE = [("max |mean z|", "metrics", "max_abs_mean_z"), ("sd ratio min", "metrics", "sd_ratio_min"),
-         ("sd ratio max", "metrics", "sd_ratio_max"), ("lpd train", "metrics", "lpd_train"),
-         ("lpd test", "metrics", "lpd_test"), ("elpd LOO", "metrics", "elpd_loo"),
-         ("PSIS k", "diagnostics", "khat"), ("wall s", "cost", "wall_s"),
-         ("grad evals", "cost", "grad_evals"), ("ESS/s", "metrics", "ess_per_s")]
+TABLE = [
+    ("max |mean z|", "metrics", "max_abs_mean_z"),
+    ("sd ratio min", "metrics", "sd_ratio_min"),
+    ("sd ratio max", "metrics", "sd_ratio_max"),
+    ("lpd train", "metrics", "lpd_train"),
+    ("lpd test", "metrics", "lpd_test"),
+    ("elpd LOO", "metrics", "elpd_loo"),
+    ("PSIS k", "diagnostics", "khat"),
+    ("wall s", "cost", "wall_s"),
+    ("grad evals", "cost", "grad_evals"),
+    ("ESS/s", "metrics", "ess_per_s"),
+]
 
 
 def render(out_dir: str | Path) -> Path:
@@ -221,35 +242,64 @@ def render(out_dir: str | Path) -> Path:
     sections: list[str] = []
     if idatas:
         plot_marginals(results, idatas, sites, fig_dir / "marginals.png")
-        sections.append(("Marginal posteriors", "marginals.png",
-                         "Each panel is one parameter: the reference in thick black, every method in "
-                         "colour, point estimates as dashed lines. A curve narrower than the reference "
-                         "is over-confident; one shifted from it is biased."))
+        sections.append(
+            (
+                "Marginal posteriors",
+                "marginals.png",
+                "Each panel is one parameter: the reference in thick black, every method in "
+                "colour, point estimates as dashed lines. A curve narrower than the reference "
+                "is over-confident; one shifted from it is biased.",
+            )
+        )
         pair = plot_pair(results, idatas, sites, fig_dir / "pair.png")
         if pair:
-            sections.append(("The most correlated pair", "pair.png",
-                             f"{html.escape(pair)}. Grey: reference draws; colour: each method. A "
-                             "mean-field guide cannot tilt: it shrinks to the narrow width of the "
-                             "ridge and misses its length."))
+            sections.append(
+                (
+                    "The most correlated pair",
+                    "pair.png",
+                    f"{html.escape(pair)}. Grey: reference draws; colour: each method. A "
+                    "mean-field guide cannot tilt: it shrinks to the narrow width of the "
+                    "ridge and misses its length.",
+                )
+            )
         if plot_elbo(idatas, fig_dir / "elbo.png"):
-            sections.append(("ELBO traces", "elbo.png",
-                             "The objective of each fit per step. A trace still rising at its end did "
-                             "not converge; spikes or a drop show an unstable learning rate."))
+            sections.append(
+                (
+                    "ELBO traces",
+                    "elbo.png",
+                    "The objective of each fit per step. A trace still rising at its end did "
+                    "not converge; spikes or a drop show an unstable learning rate.",
+                )
+            )
         if "nuts" in idatas:
             names = plot_nuts(idatas["nuts"], sites, fig_dir)
-            sections.append(("NUTS trace", names[0],
-                             "Left: the marginal of each chain; right: the draws in order. Chains "
-                             "should overlap and look like noise."))
-            sections.append(("NUTS rank plots", names[1],
-                             "Ranks of each chain's draws among all draws: flat histograms mean "
-                             "the chains mix; slopes or humps mean they do not (R-hat > 1.01)."))
+            sections.append(
+                (
+                    "NUTS trace",
+                    names[0],
+                    "Left: the marginal of each chain; right: the draws in order. Chains "
+                    "should overlap and look like noise.",
+                )
+            )
+            sections.append(
+                (
+                    "NUTS rank plots",
+                    names[1],
+                    "Ranks of each chain's draws among all draws: flat histograms mean "
+                    "the chains mix; slopes or humps mean they do not (R-hat > 1.01).",
+                )
+            )
         point = plot_predictive(results, idatas, fig_dir / "predictive.png")
         if point:
-            sections.append(("Posterior predictive: point estimate against the full posterior",
-                             "predictive.png",
-                             f"Left: plugging the {html.escape(point)} point into the likelihood "
-                             "gives the noise band alone; right: the full posterior adds the "
-                             "uncertainty of the parameters, wider away from the data."))
+            sections.append(
+                (
+                    "Posterior predictive: point estimate against the full posterior",
+                    "predictive.png",
+                    f"Left: plugging the {html.escape(point)} point into the likelihood "
+                    "gives the noise band alone; right: the full posterior adds the "
+                    "uncertainty of the parameters, wider away from the data.",
+                )
+            )
     page = _page(results, sections, fig_dir)
     target = out_dir / "index.html"
     tmp = out_dir / ".index.html.tmp"
@@ -264,37 +314,50 @@ def _page(results: dict, sections, fig_dir: Path) -> str:
     for m, rec in results["methods"].items():
         cells = "".join(f"<td>{_fmt(rec.get(g, {}).get(k))}</td>" for _, g, k in TABLE)
         cls = ' class="failed"' if rec["diagnostics"].get("status") == "failed" else ""
-        rows.append(f"<tr{cls}><th>{html.escape(m)}</th>{cells}<td class=v>"
-                    f"{html.escape(rec.get('verdict', ''))}</td></tr>")
+        rows.append(
+            f"<tr{cls}><th>{html.escape(m)}</th>{cells}<td class=v>"
+            f"{html.escape(rec.get('verdict', ''))}</td></tr>"
+        )
     head = "".join(f"<th>{h}</th>" for h, _, _ in TABLE)
     diag_rows = []
     for m, rec in results["methods"].items():
         d = ", ".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in rec["diagnostics"].items())
         diag_rows.append(f"<tr><th>{html.escape(m)}</th><td>{d}</td></tr>")
-    bad_k = [m for m, rec in results["methods"].items()
-             if rec["diagnostics"].get("khat", 0) > KHAT_BAD]
+    bad_k = [
+        m for m, rec in results["methods"].items() if rec["diagnostics"].get("khat", 0) > KHAT_BAD
+    ]
     warnings_html = ""
     if bad_k:
-        warnings_html = (f"<p class=warn>PSIS k above {KHAT_BAD} for {', '.join(bad_k)}: the guide "
-                         "is far from the posterior where it matters; its draws cannot be corrected by "
-                         "importance weighting.</p>")
-    post = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in results.get("posterior", {}).items())
-    figs = "".join(f"<h2>{html.escape(t)}</h2><p>{cap}</p>{_img(fig_dir / f)}"
-                   for t, f, cap in sections)
+        warnings_html = (
+            f"<p class=warn>PSIS k above {KHAT_BAD} for {', '.join(bad_k)}: the guide "
+            "is far from the posterior where it matters; its draws cannot be corrected by "
+            "importance weighting.</p>"
+        )
+    post = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in results.get("posterior", {}).items()
+    )
+    figs = "".join(
+        f"<h2>{html.escape(t)}</h2><p>{cap}</p>{_img(fig_dir / f)}" for t, f, cap in sections
+    )
     timings = ", ".join(f"{k}: {v:.2f}" for k, v in results.get("timings", {}).items())
     versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
-    ref_note = (f"Accuracy is measured against <b>{html.escape(ref)}</b>: mean z = |mean - "
-                "mean<sub>ref</sub>| / sd<sub>ref</sub>, sd ratio = sd / sd<sub>ref</sub>."
-                if ref else "<b>No reference</b>: the reference method failed.")
+    ref_note = (
+        f"Accuracy is measured against <b>{html.escape(ref)}</b>: mean z = |mean - "
+        "mean<sub>ref</sub>| / sd<sub>ref</sub>, sd ratio = sd / sd<sub>ref</sub>."
+        if ref
+        else "<b>No reference</b>: the reference method failed."
+    )
     mcse = [rec["metrics"].get("ref_mcse_z_max") for rec in results["methods"].values()]
     mcse = [v for v in mcse if v is not None]
     if mcse:
-        ref_note += (f" The reference's own Monte Carlo error is up to {max(mcse):.3f} on the z "
-                     "scale: smaller |z| differences are noise.")
+        ref_note += (
+            f" The reference's own Monte Carlo error is up to {max(mcse):.3f} on the z "
+            "scale: smaller |z| differences are noise."
+        )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<title>zoo: {html.escape(results['model'])} on {html.escape(results['dataset'])}</title>
+<title>zoo: {html.escape(results["model"])} on {html.escape(results["dataset"])}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
        color: #222; }}
@@ -304,19 +367,19 @@ th {{ background: #f4f4f4; }} td.v {{ text-align: left; }}
 tr.failed td {{ color: #a00; }} .warn {{ color: #a00; }}
 img {{ max-width: 100%; }} .small {{ color: #666; font-size: 0.8em; }}
 </style></head><body>
-<h1>{html.escape(results['model'])} on {html.escape(results['dataset'])}</h1>
-<p>{results['num_data']} rows fitted, {results.get('num_test', 0)} held out; seed {results['seed']},
-preset {html.escape(str(results.get('preset')))}.</p>
+<h1>{html.escape(results["model"])} on {html.escape(results["dataset"])}</h1>
+<p>{results["num_data"]} rows fitted, {results.get("num_test", 0)} held out; seed {results["seed"]},
+preset {html.escape(str(results.get("preset")))}.</p>
 <table>{post}</table>
 <h2>Accuracy and cost</h2>
 <p>{ref_note} lpd: mean log predictive density per row (a point estimate: log-likelihood at the
 point); elpd LOO: PSIS leave-one-out; PSIS k: how far the guide is from the posterior
 (above {KHAT_BAD}: unreliable); ESS/s: bulk ESS per second for NUTS, PSIS effective sample size
 per second for a guide.</p>
-<table><tr><th>method</th>{head}<th>verdict</th></tr>{''.join(rows)}</table>
+<table><tr><th>method</th>{head}<th>verdict</th></tr>{"".join(rows)}</table>
 {warnings_html}
 <h2>Diagnostics</h2>
-<table>{''.join(diag_rows)}</table>
+<table>{"".join(diag_rows)}</table>
 {figs}
 <p class=small>Versions: {html.escape(versions)}. Timings (s): {html.escape(timings)}.</p>
 </body></html>

@@ -33,10 +33,17 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "smoke": Preset("smoke", num_chains=2, num_warmup=500, num_samples=500, num_draws=2000,
-                    fit=FitConfig(num_steps=3000, min_steps=400, window=100)),
-    "full": Preset("full", num_chains=4, num_warmup=1000, num_samples=1000, num_draws=4000,
-                   fit=FitConfig()),
+    "smoke": Preset(
+        "smoke",
+        num_chains=2,
+        num_warmup=500,
+        num_samples=500,
+        num_draws=2000,
+        fit=FitConfig(num_steps=3000, min_steps=400, window=100),
+    ),
+    "full": Preset(
+        "full", num_chains=4, num_warmup=1000, num_samples=1000, num_draws=4000, fit=FitConfig()
+    ),
 }
 
 
@@ -85,7 +92,9 @@ class _CountingNUTS(NUTS):
         return z
 
 
-def run_nuts(posterior: Posterior, *, seed: int, preset: Preset, progress: bool = False) -> MethodRun:
+def run_nuts(
+    posterior: Posterior, *, seed: int, preset: Preset, progress: bool = False
+) -> MethodRun:
     """Pyro NUTS (JIT-compiled potential), chains run one after another with seeds
     ``seed, seed + 1, ...``, so the result does not depend on the number of cores."""
     chains: list[dict[str, np.ndarray]] = []
@@ -94,19 +103,29 @@ def run_nuts(posterior: Posterior, *, seed: int, preset: Preset, progress: bool 
     start = time.perf_counter()
     for chain in range(preset.num_chains):
         pyro.set_rng_seed(seed + chain)
-        kernel = _CountingNUTS(posterior.model, jit_compile=True, ignore_jit_warnings=True,
-                               init_strategy=init_to_median(num_samples=15),
-                               max_plate_nesting=posterior.max_plate_nesting)
-        mcmc = MCMC(kernel, num_samples=preset.num_samples, warmup_steps=preset.num_warmup,
-                    num_chains=1, disable_progbar=not progress)
+        kernel = _CountingNUTS(
+            posterior.model,
+            jit_compile=True,
+            ignore_jit_warnings=True,
+            init_strategy=init_to_median(num_samples=15),
+            max_plate_nesting=posterior.max_plate_nesting,
+        )
+        mcmc = MCMC(
+            kernel,
+            num_samples=preset.num_samples,
+            warmup_steps=preset.num_warmup,
+            num_chains=1,
+            disable_progbar=not progress,
+        )
         with warnings.catch_warnings():
             # Pyro's JIT path calls torch.jit.trace, which torch 2.13 marks deprecated; the
             # message is Pyro's to act on, not the user's.
-            warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated",
-                                    category=DeprecationWarning)
+            warnings.filterwarnings(
+                "ignore", message=".*torch.jit.trace.* is deprecated", category=DeprecationWarning
+            )
             mcmc.run(**posterior.data)
         chains.append({k: v.detach().numpy() for k, v in mcmc.get_samples().items()})
-        kept = kernel.per_draw[-preset.num_samples:]
+        kept = kernel.per_draw[-preset.num_samples :]
         stats["n_steps"].append(np.array([s[0] for s in kept]))
         stats["diverging"].append(np.array([s[1] for s in kept]))
         stats["step_size"].append(np.array([s[2] for s in kept]))
@@ -116,31 +135,54 @@ def run_nuts(posterior: Posterior, *, seed: int, preset: Preset, progress: bool 
     sample_stats = {k: np.stack(v) for k, v in stats.items()}
     sample_stats["tree_depth"] = np.floor(np.log2(sample_stats["n_steps"] + 1)).astype(int)
     return MethodRun(
-        method="nuts", draws=draws, cost={"wall_s": wall, "grad_evals": grad_evals},
-        diagnostics={"divergences": int(sample_stats["diverging"].sum()),
-                     "num_chains": preset.num_chains, "num_samples": preset.num_samples,
-                     "num_warmup": preset.num_warmup},
+        method="nuts",
+        draws=draws,
+        cost={"wall_s": wall, "grad_evals": grad_evals},
+        diagnostics={
+            "divergences": int(sample_stats["diverging"].sum()),
+            "num_chains": preset.num_chains,
+            "num_samples": preset.num_samples,
+            "num_warmup": preset.num_warmup,
+        },
         sample_stats=sample_stats,
     )
 
 
-def run_svi(posterior: Posterior, guide: str, *, seed: int, preset: Preset,
-            progress: bool = False) -> MethodRun:
+def run_svi(
+    posterior: Posterior, guide: str, *, seed: int, preset: Preset, progress: bool = False
+) -> MethodRun:
     """Fit the guide family by SVI, then draw from it (one chain of draws from q)."""
     spec = get_guide(guide)
     config = FitConfig(**{**preset.fit.__dict__, "progress": progress})
     start = time.perf_counter()
     try:
-        result = fit_guide(spec.name, posterior.model, seed=seed, config=config,
-                           max_plate_nesting=posterior.max_plate_nesting, **posterior.data)
+        result = fit_guide(
+            spec.name,
+            posterior.model,
+            seed=seed,
+            config=config,
+            max_plate_nesting=posterior.max_plate_nesting,
+            **posterior.data,
+        )
     except (FitError, FloatingPointError) as exc:
-        return MethodRun(method=spec.name, draws={}, cost={"wall_s": time.perf_counter() - start},
-                         error=str(exc), point=spec.point)
+        return MethodRun(
+            method=spec.name,
+            draws={},
+            cost={"wall_s": time.perf_counter() - start},
+            error=str(exc),
+            point=spec.point,
+        )
     num_draws = 1 if spec.point else preset.num_draws
-    latent, log_w = draw(result.guide, posterior.model, posterior.data, num_draws, seed=seed + 1,
-                         max_plate_nesting=posterior.max_plate_nesting)
+    latent, log_w = draw(
+        result.guide,
+        posterior.model,
+        posterior.data,
+        num_draws,
+        seed=seed + 1,
+        max_plate_nesting=posterior.max_plate_nesting,
+    )
     diagnostics: dict[str, float | int | str | bool] = {
-        "final_elbo": float(np.mean(result.elbo[-min(len(result.elbo), 100):])),
+        "final_elbo": float(np.mean(result.elbo[-min(len(result.elbo), 100) :])),
         "converged": bool(result.converged),
     }
     for key, value in result.info.items():
@@ -156,16 +198,20 @@ def run_svi(posterior: Posterior, guide: str, *, seed: int, preset: Preset,
     )
 
 
-def run_closed_form(posterior: Posterior, method: str, *, seed: int, preset: Preset,
-                    progress: bool = False) -> MethodRun:
+def run_closed_form(
+    posterior: Posterior, method: str, *, seed: int, preset: Preset, progress: bool = False
+) -> MethodRun:
     """A closed form of the model (exact posterior, ML, EM)."""
     start = time.perf_counter()
     result = posterior.closed_forms[method](seed, 1 if method in ("ml",) else preset.num_draws)
     wall = time.perf_counter() - start
     return MethodRun(
-        method=method, draws={k: np.asarray(v)[None] for k, v in result.draws.items()},
-        cost={"wall_s": wall}, diagnostics=dict(result.info),
-        moments=dict(result.moments) if result.moments is not None else None, point=result.point,
+        method=method,
+        draws={k: np.asarray(v)[None] for k, v in result.draws.items()},
+        cost={"wall_s": wall},
+        diagnostics=dict(result.info),
+        moments=dict(result.moments) if result.moments is not None else None,
+        point=result.point,
     )
 
 
@@ -184,8 +230,9 @@ class MethodSpec:
 def available_methods(posterior: Posterior) -> dict[str, MethodSpec]:
     """The methods that apply to this posterior, in report order."""
     spec = get_model(posterior.model_name)
-    methods = {name: MethodSpec(name, "closed form", run_closed_form)
-               for name in posterior.closed_forms}
+    methods = {
+        name: MethodSpec(name, "closed form", run_closed_form) for name in posterior.closed_forms
+    }
     methods["nuts"] = MethodSpec("nuts", "mcmc", run_nuts)
     for guide in spec.guides:
         methods[guide] = MethodSpec(guide, "svi", run_svi)
@@ -203,23 +250,25 @@ def resolve_methods(posterior: Posterior, names: list[str] | None) -> list[str]:
     for raw in names:
         name = "delta" if raw == "map" else raw
         if name not in known:
-            raise ZooInputError(
-                f"unknown method '{raw}'; choose from: {', '.join(available)}")
+            raise ZooInputError(f"unknown method '{raw}'; choose from: {', '.join(available)}")
         if name not in available:
             if name in GUIDES:
                 raise ZooInputError(
-                    f"guide '{name}' does not apply to {spec.name}; it takes: {', '.join(spec.guides)}")
+                    f"guide '{name}' does not apply to {spec.name}; it takes: {', '.join(spec.guides)}"
+                )
             hint = spec.closed_form_hints.get(name, "")
             raise ZooInputError(
                 f"method '{name}' is not available for this {spec.name} posterior"
-                + (f"; {hint}" if hint else f"; choose from: {', '.join(available)}"))
+                + (f"; {hint}" if hint else f"; choose from: {', '.join(available)}")
+            )
         if name not in resolved:
             resolved.append(name)
     return resolved
 
 
-def run_method(posterior: Posterior, method: str, *, seed: int, preset: Preset,
-               progress: bool = False) -> MethodRun:
+def run_method(
+    posterior: Posterior, method: str, *, seed: int, preset: Preset, progress: bool = False
+) -> MethodRun:
     """Run one resolved method."""
     spec = available_methods(posterior)[method]
     if spec.kind == "svi":

@@ -8,6 +8,15 @@ from guides.laplace import LaplaceGuide
 from guides.registry import ALIASES, GUIDES, GuideSpec, get_guide
 
 __all__ = [
-    "ALIASES", "GUIDES", "FitConfig", "FitError", "FitResult", "GuideSpec", "LaplaceGuide",
-    "draw", "fit", "fit_guide", "get_guide",
+    "ALIASES",
+    "GUIDES",
+    "FitConfig",
+    "FitError",
+    "FitResult",
+    "GuideSpec",
+    "LaplaceGuide",
+    "draw",
+    "fit",
+    "fit_guide",
+    "get_guide",
 ]

@@ -74,8 +74,14 @@ class FitResult:
 
     def sample(self, num_draws: int, *, seed: int) -> dict[str, np.ndarray]:
         """Draws from the fitted guide, pushed through the model (deterministic sites too)."""
-        draws, _ = draw(self.guide, self.model, self.data, num_draws, seed=seed,
-                        max_plate_nesting=self.max_plate_nesting)
+        draws, _ = draw(
+            self.guide,
+            self.model,
+            self.data,
+            num_draws,
+            seed=seed,
+            max_plate_nesting=self.max_plate_nesting,
+        )
         return draws
 
 
@@ -108,8 +114,11 @@ def fit(
     """
     pyro.set_rng_seed(seed)
     particles = config.num_particles or num_particles
-    elbo_fn = Trace_ELBO(num_particles=particles, vectorize_particles=particles > 1,
-                         max_plate_nesting=max_plate_nesting)
+    elbo_fn = Trace_ELBO(
+        num_particles=particles,
+        vectorize_particles=particles > 1,
+        max_plate_nesting=max_plate_nesting,
+    )
     optim = ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm})
     svi = SVI(model, guide, optim, elbo_fn)
     trace: list[float] = []
@@ -132,8 +141,9 @@ def fit(
             bar.update()
             min_steps = config.min_steps if decays == 0 else 2 * config.window
             stage = trace[last_change:]
-            if (step + 1) % config.window == 0 and _plateau(stage, config.window, min_steps,
-                                                            config.rtol):
+            if (step + 1) % config.window == 0 and _plateau(
+                stage, config.window, min_steps, config.rtol
+            ):
                 if decays == config.num_decays:
                     converged = True
                     break
@@ -145,9 +155,18 @@ def fit(
     wall = time.perf_counter() - start
     if not converged:
         logger.warning("%s: not converged after %d steps (ELBO still improving)", name, len(trace))
-    return FitResult(name=name, guide=guide, model=model, data=data, elbo=np.asarray(trace),
-                     steps=len(trace), grad_evals=len(trace) * particles, wall_s=wall,
-                     converged=converged, max_plate_nesting=max_plate_nesting)
+    return FitResult(
+        name=name,
+        guide=guide,
+        model=model,
+        data=data,
+        elbo=np.asarray(trace),
+        steps=len(trace),
+        grad_evals=len(trace) * particles,
+        wall_s=wall,
+        converged=converged,
+        max_plate_nesting=max_plate_nesting,
+    )
 
 
 def fit_lbfgs(
@@ -169,9 +188,15 @@ def fit_lbfgs(
     with poutine.trace(param_only=True) as param_capture:
         elbo_fn.differentiable_loss(model, guide, **data)
     params = [site["value"].unconstrained() for site in param_capture.trace.nodes.values()]
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=50, history_size=50,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-10,
-                            tolerance_change=1e-14)
+    opt = torch.optim.LBFGS(
+        params,
+        lr=1.0,
+        max_iter=50,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+    )
     trace: list[float] = []
 
     def closure():
@@ -181,7 +206,8 @@ def fit_lbfgs(
             last = f"{trace[-1]:.6g}" if trace else "none"
             raise FitError(
                 f"{name}: the objective became {-loss.item()} at evaluation {len(trace)} (last"
-                f" finite {last}); check the scale of the data and priors")
+                f" finite {last}); check the scale of the data and priors"
+            )
         loss.backward()
         trace.append(-loss.item())
         return loss
@@ -198,9 +224,18 @@ def fit_lbfgs(
     wall = time.perf_counter() - start
     if not converged:
         logger.warning("%s: L-BFGS not converged after %d evaluations", name, len(trace))
-    return FitResult(name=name, guide=guide, model=model, data=data, elbo=np.asarray(trace),
-                     steps=len(trace), grad_evals=len(trace), wall_s=wall, converged=converged,
-                     max_plate_nesting=max_plate_nesting)
+    return FitResult(
+        name=name,
+        guide=guide,
+        model=model,
+        data=data,
+        elbo=np.asarray(trace),
+        steps=len(trace),
+        grad_evals=len(trace),
+        wall_s=wall,
+        converged=converged,
+        max_plate_nesting=max_plate_nesting,
+    )
 
 
 def fit_guide(
@@ -230,11 +265,26 @@ def fit_guide(
     pyro.set_rng_seed(seed)
     guide = spec.build(model)
     if spec.optimizer == "lbfgs":
-        result = fit_lbfgs(model, guide, seed=seed, config=config,
-                           max_plate_nesting=max_plate_nesting, name=spec.name, **data)
+        result = fit_lbfgs(
+            model,
+            guide,
+            seed=seed,
+            config=config,
+            max_plate_nesting=max_plate_nesting,
+            name=spec.name,
+            **data,
+        )
     else:
-        result = fit(model, guide, seed=seed, config=config, num_particles=spec.num_particles,
-                     max_plate_nesting=max_plate_nesting, name=spec.name, **data)
+        result = fit(
+            model,
+            guide,
+            seed=seed,
+            config=config,
+            num_particles=spec.num_particles,
+            max_plate_nesting=max_plate_nesting,
+            name=spec.name,
+            **data,
+        )
     result.name = spec.name
     if spec.name == "laplace":
         start = time.perf_counter()
@@ -263,14 +313,23 @@ def draw(
     pyro.set_rng_seed(seed)
     with torch.no_grad():
         log_w, model_trace, _ = vectorized_importance_weights(
-            model, guide, **data, num_samples=num_draws, max_plate_nesting=max_plate_nesting,
-            normalized=False)
+            model,
+            guide,
+            **data,
+            num_samples=num_draws,
+            max_plate_nesting=max_plate_nesting,
+            normalized=False,
+        )
     draws = {}
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or (site["is_observed"] and not _is_deterministic(site)):
             continue
         value = site["value"]
-        draws[name] = value.reshape((num_draws,) + tuple(value.shape[1 + max_plate_nesting:])).detach().numpy()
+        draws[name] = (
+            value.reshape((num_draws,) + tuple(value.shape[1 + max_plate_nesting :]))
+            .detach()
+            .numpy()
+        )
     return draws, log_w.reshape(num_draws).detach().numpy()
 
 

@@ -22,8 +22,9 @@ class FlowGuide(AutoContinuous):
     guide does and adds dependence from there.
     """
 
-    def __init__(self, model, *, num_transforms: int = 2, init_loc_fn=None,
-                 init_scale: float = 0.1):
+    def __init__(
+        self, model, *, num_transforms: int = 2, init_loc_fn=None, init_scale: float = 0.1
+    ):
         self._num_transforms = num_transforms
         self._init_scale = init_scale
         super().__init__(model, init_loc_fn=init_loc_fn)
@@ -35,8 +36,10 @@ class FlowGuide(AutoContinuous):
         self.loc = nn.Parameter(init)
         self.scale = PyroParam(torch.full_like(init, self._init_scale), constraints.positive)
         self.layers = nn.ModuleList(
-            [affine_autoregressive(dim, hidden_dims=[4 * dim + 4, 4 * dim + 4])
-             for _ in range(self._num_transforms)]
+            [
+                affine_autoregressive(dim, hidden_dims=[4 * dim + 4, 4 * dim + 4])
+                for _ in range(self._num_transforms)
+            ]
         ).to(dtype=init.dtype)
 
     def get_posterior(self, *args, **kwargs):

@@ -12,6 +12,7 @@ Hand-set margins carry the value seen; stochastic fits were run on seeds 0-3 whe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -32,6 +33,9 @@ SIGMA = 1.0
 # A stochastic fit that ends near its optimum in well under 1000 steps on this posterior:
 # many particles (vectorized, so nearly free) and short plateau windows.
 STOCHASTIC = FitConfig(num_steps=3000, lr=0.05, num_particles=64, min_steps=300, window=100)
+# The flow costs ~15 ms a step (vs ~5 for the Gaussians), particles aside: shorter windows
+# end it in ~450 steps with the same accuracy.
+FLOW = dataclasses.replace(STOCHASTIC, min_steps=150, window=50)
 
 # Every guide family has a test here against its closed-form optimum.
 TESTED_GUIDES = {"delta", "laplace", "full_rank", "mean_field", "low_rank", "flow"}
@@ -175,7 +179,7 @@ def test_low_rank_is_near_exact(frame):
 
 def test_flow_is_near_exact(frame):
     post = _posterior(frame)
-    result = fit_guide("flow", post.model, seed=0, config=STOCHASTIC, **post.data)
+    result = fit_guide("flow", post.model, seed=0, config=FLOW, **post.data)
     assert result.converged
     num_draws = 20_000
     draws = result.sample(num_draws, seed=1)
@@ -184,7 +188,7 @@ def test_flow_is_near_exact(frame):
     sd = np.sqrt(np.diag(cov))
     # No closed form for the flow's moments: draws, with Monte Carlo error 1/sqrt(20000) =
     # 0.007 sd on the mean and 0.5% on the sd, well inside the margins. The loosest fit of
-    # all: seen on seeds 0-3 mean 0.041 sd, sd 4.0%, correlation 0.015.
+    # all: seen on seeds 0-3 mean 0.042 sd, sd 4.5%, correlation 0.018.
     np.testing.assert_array_less(np.abs(sample.mean(0) - mean) / sd, 0.15)
     np.testing.assert_array_less(np.abs(sample.std(0) / sd - 1), 0.12)
     np.testing.assert_array_less(np.abs(np.corrcoef(sample.T) - _corr(cov)), 0.05)

@@ -1,0 +1,296 @@
+"""The ``zoo`` command line (DESIGN.md section 3): one subprocess run of the console script,
+everything else in-process through ``comparisons.cli.main``.
+
+Bad input ends in exit status 2 and one line on stderr, with no traceback and nothing
+written; a small compare, fit and report write what they announce.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+import comparisons.runners as runners
+from comparisons import Preset
+from comparisons.cli import main
+from guides import GUIDES, FitConfig
+from zoo import MODELS
+from zoo.linear_regression import DATASETS
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "shared" / "results.schema.json"
+
+#: Stands in for the smoke preset (about 2 minutes) in the in-process runs.
+TINY = Preset(
+    "smoke",
+    num_chains=2,
+    num_warmup=50,
+    num_samples=50,
+    num_draws=200,
+    fit=FitConfig(num_steps=200, min_steps=100, window=50),
+)
+
+CSV = {
+    "ok.csv": "a,b,y\n1,2,3\n2,3,4\n3,5,5\n4,4,1\n5,2,3\n6,1,2\n",
+    "nonnumeric.csv": "a,b,y\n1,2,3\n2,x,4\n3,5,5\n4,4,1\n",
+    "nan.csv": "a,b,y\n1,2,3\n2,NaN,4\n3,5,5\n4,4,1\n",
+    "inf.csv": "a,b,y\n1,2,3\n2,3,4\n3,inf,5\n4,4,1\n",
+    "few.csv": "a,b,y\n1,2,3\n2,3,4\n3,5,5\n",  # 3 rows, 3 coefficients with the intercept
+}
+
+
+def _zoo(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``zoo ARGV`` in-process: exit status, stdout, stderr."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every file and folder under ``root`` with its bytes (None for a folder)."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def _validate(results: dict) -> None:
+    assert SCHEMA_PATH.is_file(), f"results schema not found at {SCHEMA_PATH}"
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator(schema).validate(results)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """An empty working folder holding the test CSV files."""
+    monkeypatch.chdir(tmp_path)
+    for name, text in CSV.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+# --------------------------------------------------------------------------- zoo list
+
+
+def test_console_script_runs():
+    """The one subprocess test: the installed ``zoo`` script reaches comparisons.cli.main."""
+    script = Path(sys.executable).parent / "zoo"
+    assert script.is_file(), f"no console script at {script}; run pip install -e ."
+    proc = subprocess.run(
+        [str(script), "list"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert "linear_regression" in proc.stdout and "mean_field" in proc.stdout
+
+
+def test_list_names_models_guides_datasets_and_presets(capsys):
+    code, out, err = _zoo(["list"], capsys)
+    assert (code, err) == (0, "")
+    for name in [*MODELS, *GUIDES, *DATASETS, *runners.PRESETS, "map = delta"]:
+        assert name in out, name
+
+
+# --------------------------------------------------------------------------- bad input
+
+LR = ["compare", "linear_regression"]
+BAD_INPUT = {
+    "unknown model": (["compare", "linear_regresion"], "unknown model 'linear_regresion'"),
+    "unknown guide": ([*LR, "--methods", "nuts,mean_feild"], "unknown method 'mean_feild'"),
+    "unknown guide to fit": (
+        ["fit", "linear_regression", "--method", "ful_rank"],
+        "unknown method 'ful_rank'",
+    ),
+    "unknown method": ([*LR, "--methods", "gibbs"], "unknown method 'gibbs'; choose from: nuts"),
+    # No guide is inapplicable to linear_regression; exact without its prior is the case.
+    "exact needs the conjugate prior": ([*LR, "--methods", "exact"], "--prior conjugate"),
+    "exact as reference": ([*LR, "--reference", "exact"], "--prior conjugate"),
+    "missing data file": (
+        [*LR, "--data", "missing.csv", "--target", "y"],
+        "data file 'missing.csv' does not exist",
+    ),
+    "missing target column": (
+        [*LR, "--data", "ok.csv", "--target", "z"],
+        "target column 'z' is not in the data",
+    ),
+    "missing feature column": (
+        [*LR, "--data", "ok.csv", "--target", "y", "--features", "a,c"],
+        "feature column 'c' is not in the data",
+    ),
+    "non-numeric value": (
+        [*LR, "--data", "nonnumeric.csv", "--target", "y"],
+        "column 'b' has a non-numeric value 'x' in data row 2",
+    ),
+    "NaN": (
+        [*LR, "--data", "nan.csv", "--target", "y"],
+        "column 'b' has a missing or infinite value (empty) in data row 2",
+    ),
+    "inf": (
+        [*LR, "--data", "inf.csv", "--target", "y"],
+        "column 'b' has a missing or infinite value (inf) in data row 3",
+    ),
+    "fewer rows than coefficients": (
+        [*LR, "--data", "few.csv", "--target", "y", "--test-fraction", "0"],
+        "3 rows to fit but 3 coefficients",
+    ),
+    "num components": (
+        [*LR, "--num-components", "3"],
+        "--num-components does not apply to linear_regression",
+    ),
+    "unknown preset": ([*LR, "--preset", "fast"], "unknown preset 'fast'; choose one of: smoke"),
+    "cuda": ([*LR, "--device", "cuda"], "--device cuda is for the neural models"),
+    "unknown dataset": ([*LR, "--dataset", "kidq"], "unknown dataset 'kidq'"),
+    # argparse's own errors keep to one line too.
+    "fit without a method": (["fit", "linear_regression"], "--method"),
+    "dataset and data": ([*LR, "--dataset", "kidiq", "--data", "ok.csv"], "not allowed with"),
+}
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-out-dir", "existing-out-dir"])
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, existing, workdir, capsys):
+    argv, expected = BAD_INPUT[case]
+    out_dir = workdir / "out"
+    if existing:
+        (out_dir / "figures").mkdir(parents=True)
+        (out_dir / "results.json").write_text('{"old": true}')
+        (out_dir / "index.html").write_text("<p>old report</p>")
+        (out_dir / "figures" / "marginals.png").write_bytes(b"old")
+    before = _snapshot(workdir)
+    code, out, err = _zoo([*argv, "--out-dir", str(out_dir)], capsys)
+    assert code == 2
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and err.endswith("\n"), err
+    assert lines[0].startswith("zoo"), err
+    assert expected in lines[0], err
+    assert "Traceback" not in err
+    assert _snapshot(workdir) == before  # nothing created, nothing touched
+
+
+@pytest.mark.parametrize("content", [None, "{not json"], ids=["no-results", "bad-json"])
+def test_report_of_a_folder_without_results_is_one_line_exit_2(content, workdir, capsys):
+    folder = workdir / "folder"
+    folder.mkdir()
+    if content is not None:
+        (folder / "results.json").write_text(content)
+    before = _snapshot(workdir)
+    code, out, err = _zoo(["report", str(folder)], capsys)
+    assert (code, out) == (2, "")
+    assert len(err.splitlines()) == 1 and err.startswith("zoo report: error: "), err
+    assert "results.json" in err
+    assert _snapshot(workdir) == before
+
+
+# --------------------------------------------------------------------------- success
+
+
+@pytest.fixture
+def tiny_smoke(monkeypatch):
+    monkeypatch.setitem(runners.PRESETS, "smoke", TINY)
+
+
+def test_compare_fit_and_report_write_what_they_announce(workdir, capsys, tiny_smoke):
+    code, out, err = _zoo(
+        [
+            *LR,
+            "--dataset",
+            "simulated",
+            "--prior",
+            "conjugate",
+            "--methods",
+            "map,mean_field",
+            "--preset",
+            "smoke",
+            "--out-dir",
+            "cmp",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "Traceback" not in err
+    lines = out.splitlines()
+    assert lines[-1] == f"report: {Path('cmp') / 'index.html'}"
+    assert [line.split()[0] for line in lines[:-1]] == ["exact", "delta", "mean_field"]
+    assert "reference" in lines[0]
+    assert (workdir / "cmp" / "index.html").is_file()
+    results = json.loads((workdir / "cmp" / "results.json").read_text())
+    _validate(results)
+    assert (results["preset"], results["reference"]) == ("smoke", "exact")
+    assert (results["num_data"], results["num_test"]) == (160, 40)  # --test-fraction 0.2
+    assert {p.name for p in (workdir / "cmp").glob("*.nc")} == {
+        "exact.nc",
+        "delta.nc",
+        "mean_field.nc",
+    }
+
+    code, out, err = _zoo(
+        [
+            "fit",
+            "linear_regression",
+            "--dataset",
+            "simulated",
+            "--method",
+            "mean_field",
+            "--preset",
+            "smoke",
+            "--out-dir",
+            "fit",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert out.splitlines()[-1] == f"report: {Path('fit') / 'index.html'}"
+    results = json.loads((workdir / "fit" / "results.json").read_text())
+    _validate(results)
+    assert list(results["methods"]) == ["mean_field"] and results["reference"] is None
+    assert sorted(p.name for p in (workdir / "fit").iterdir()) == [
+        "figures",
+        "index.html",
+        "mean_field.nc",
+        "results.json",
+    ]
+
+    # zoo report redraws the page and figures from the files of the folder.
+    (workdir / "cmp" / "index.html").unlink()
+    for figure in (workdir / "cmp" / "figures").iterdir():
+        figure.unlink()
+    code, out, err = _zoo(["report", "cmp"], capsys)
+    assert (code, err) == (0, "")
+    assert out == f"report: {Path('cmp') / 'index.html'}\n"
+    assert "mean_field" in (workdir / "cmp" / "index.html").read_text()
+    assert {p.name for p in (workdir / "cmp" / "figures").iterdir()} >= {"marginals.png"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="report.plot_marginals takes the x range from the reference draws when no method has "
+    "spread; zoo fit has no reference, so a lone point estimate (map, delta) crashes on "
+    "np.ravel(None).std(); remove this mark once fixed",
+)
+def test_fit_of_a_point_estimate_writes_a_report(workdir, capsys, tiny_smoke):
+    code, out, err = _zoo(
+        [
+            "fit",
+            "linear_regression",
+            "--dataset",
+            "simulated",
+            "--method",
+            "map",
+            "--preset",
+            "smoke",
+            "--out-dir",
+            "fit",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert (workdir / "fit" / "index.html").is_file()
