@@ -83,7 +83,12 @@ def _record(
             "diagnostics": {"status": "failed", "error": run.error or "no draws"},
         }
     sites = posterior.sites
-    stats = M.summary(idata, sites)
+    # A closed form with exact moments is summarized by them, not by its draws.
+    stats = (
+        {k: {"mean": m, "sd": s} for k, (m, s) in M.moments_by_label(run.moments, idata, sites).items()}
+        if run.moments is not None
+        else M.summary(idata, sites)
+    )
     diagnostics = dict(run.diagnostics)
     met: dict[str, float] = {}
     if ref is not None:

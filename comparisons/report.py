@@ -67,10 +67,14 @@ def plot_marginals(results, idatas, sites, path: Path) -> bool:
     nrow = -(-len(labels) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.6 * nrow), squeeze=False)
     for ax, label in zip(axes.flat, labels):
-        ref = draws[reference][label] if reference in draws else None
-        spread = [np.ravel(d[label]) for d in draws.values() if np.ravel(d[label]).std() > 0]
-        allv = np.concatenate(spread) if spread else np.ravel(ref)
-        lo, hi = np.quantile(allv, [0.002, 0.998]) if allv.std() > 0 else (allv[0] - 1, allv[0] + 1)
+        values = [np.ravel(d[label]) for d in draws.values()]
+        spread = [v for v in values if v.std() > 0]
+        if spread:
+            lo, hi = np.quantile(np.concatenate(spread), [0.002, 0.998])
+        else:  # point estimates only: a window around them
+            points = np.concatenate(values)
+            half = max(points.max() - points.min(), 0.1 * abs(points).max(), 1e-3)
+            lo, hi = points.min() - half, points.max() + half
         grid = np.linspace(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo), 200)
         for m in methods:
             v = np.ravel(draws[m][label])

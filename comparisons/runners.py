@@ -182,7 +182,7 @@ def run_svi(
         max_plate_nesting=posterior.max_plate_nesting,
     )
     diagnostics: dict[str, float | int | str | bool] = {
-        "final_elbo": float(np.mean(result.elbo[-min(len(result.elbo), 100) :])),
+        "final_elbo": result.final_elbo,
         "converged": bool(result.converged),
     }
     for key, value in result.info.items():

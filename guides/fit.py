@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -13,12 +14,15 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
+from pyro.infer.autoguide import init_to_median
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
 
-from guides.registry import get_guide
+from guides.laplace import LaplaceGuide
+from guides.registry import INITS, get_guide
+from zoo.errors import ZooInputError
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,12 @@ class FitConfig:
     ``num_decays`` times; the next plateau ends the fit as converged. Averaging the noise out
     this way puts a stochastic fit much nearer its optimum than a constant rate would.
     ``num_steps`` caps the whole fit; reaching it means not converged.
+
+    ``init="map"`` starts a stochastic guide's location at the MAP point (a delta guide
+    fitted by L-BFGS first, its cost counted in the fit's); ``"median"`` at the median of 15
+    prior draws (Pyro's ``init_to_median``). From the mode a Gaussian guide is a few hundred
+    steps from its optimum; from a prior draw it can spend thousands getting there, and a
+    plateau test on a noisy ELBO may stop it short of the optimum in a flat direction.
     """
 
     num_steps: int = 10_000
@@ -48,6 +58,7 @@ class FitConfig:
     window: int = 200
     rtol: float = 1e-6
     clip_norm: float = 10.0
+    init: str = "map"
     progress: bool = False
 
 
@@ -55,9 +66,11 @@ class FitConfig:
 class FitResult:
     """A fitted guide with its ELBO trace and cost.
 
-    ``elbo[i]`` is the ELBO estimate at step i (for delta and Laplace, the log joint at the
-    point being optimized). ``info`` holds guide-specific notes (e.g. the Hessian status of
-    Laplace).
+    ``elbo[i]`` is the ELBO estimate at step i; for delta and Laplace (L-BFGS), the log joint
+    at the i-th iterate, the last entry at the final point. ``final_elbo`` is the fit's
+    objective at its end: for SVI the mean of the last ``window`` estimates (at the smallest
+    learning rate), for L-BFGS the log joint at the point returned. ``info`` holds
+    guide-specific notes (e.g. the Hessian status of Laplace).
     """
 
     name: str
@@ -69,7 +82,9 @@ class FitResult:
     grad_evals: int
     wall_s: float
     converged: bool
+    final_elbo: float
     max_plate_nesting: int = 1
+    hidden: tuple[str, ...] = ()
     info: dict[str, object] = field(default_factory=dict)
 
     def sample(self, num_draws: int, *, seed: int) -> dict[str, np.ndarray]:
@@ -83,6 +98,29 @@ class FitResult:
             max_plate_nesting=self.max_plate_nesting,
         )
         return draws
+
+
+def make_elbo(num_particles: int, max_plate_nesting: int, *, enumerate: bool = False):
+    """Trace_ELBO, or TraceEnum_ELBO for a model with enumerated discrete sites."""
+    cls = TraceEnum_ELBO if enumerate else Trace_ELBO
+    return cls(
+        num_particles=num_particles,
+        vectorize_particles=num_particles > 1,
+        max_plate_nesting=max_plate_nesting,
+    )
+
+
+def enumerated_sites(model: Callable[..., object], data: Mapping[str, torch.Tensor]) -> list[str]:
+    """Latent sites that ``model`` marks for parallel enumeration (``config_enumerate``)."""
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(model).get_trace(**data)
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and site["infer"].get("enumerate") == "parallel"
+    ]
 
 
 def _plateau(elbo: list[float], window: int, min_steps: int, rtol: float) -> bool:
@@ -106,19 +144,18 @@ def fit(
     num_particles: int = 8,
     max_plate_nesting: int = 1,
     name: str = "guide",
+    enumerate: bool = False,
     **data: torch.Tensor,
 ) -> FitResult:
-    """Fit ``guide`` to ``model(**data)`` by SVI (Trace_ELBO, vectorized particles).
+    """Fit ``guide`` to ``model(**data)`` by SVI with vectorized particles: Trace_ELBO, or
+    TraceEnum_ELBO when ``enumerate`` (the model sums out its discrete sites marked by
+    ``config_enumerate``; the guide must not contain them).
 
     Raises :class:`FitError` when the ELBO becomes NaN or infinite, naming the step.
     """
     pyro.set_rng_seed(seed)
     particles = config.num_particles or num_particles
-    elbo_fn = Trace_ELBO(
-        num_particles=particles,
-        vectorize_particles=particles > 1,
-        max_plate_nesting=max_plate_nesting,
-    )
+    elbo_fn = make_elbo(particles, max_plate_nesting, enumerate=enumerate)
     optim = ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm})
     svi = SVI(model, guide, optim, elbo_fn)
     trace: list[float] = []
@@ -165,6 +202,7 @@ def fit(
         grad_evals=len(trace) * particles,
         wall_s=wall,
         converged=converged,
+        final_elbo=float(np.mean(trace[-config.window :])) if trace else math.nan,
         max_plate_nesting=max_plate_nesting,
     )
 
@@ -177,63 +215,79 @@ def fit_lbfgs(
     config: FitConfig = FitConfig(),
     max_plate_nesting: int = 1,
     name: str = "guide",
+    enumerate: bool = False,
     **data: torch.Tensor,
 ) -> FitResult:
     """Minimize a deterministic objective (a point guide's negative log joint) by L-BFGS
-    with a strong Wolfe line search; each objective evaluation (with its gradient) is one
-    entry of the trace. Converged when an outer L-BFGS call changes the objective by less
-    than ``1e-10 * (1 + |objective|)``."""
+    with a strong Wolfe line search.
+
+    The trace holds the objective at each accepted iterate (one L-BFGS iteration each);
+    ``grad_evals`` counts every evaluation, line-search trials included, and ``num_steps``
+    caps them. Converged when an iteration changes the objective by less than
+    ``1e-10 * (1 + |objective|)``.
+    """
     pyro.set_rng_seed(seed)
-    elbo_fn = Trace_ELBO(max_plate_nesting=max_plate_nesting)
+    elbo_fn = make_elbo(1, max_plate_nesting, enumerate=enumerate)
     with poutine.trace(param_only=True) as param_capture:
         elbo_fn.differentiable_loss(model, guide, **data)
     params = [site["value"].unconstrained() for site in param_capture.trace.nodes.values()]
     opt = torch.optim.LBFGS(
         params,
         lr=1.0,
-        max_iter=50,
+        max_iter=1,  # one iteration per step() call, so the trace holds every iterate
+        max_eval=26,  # and up to 25 line-search evaluations in it (torch: 5/4 max_iter)
         history_size=50,
         line_search_fn="strong_wolfe",
         tolerance_grad=1e-10,
         tolerance_change=1e-14,
     )
-    trace: list[float] = []
+    evaluations = 0
+    last_finite = math.nan
 
     def closure():
+        nonlocal evaluations, last_finite
         opt.zero_grad()
         loss = elbo_fn.differentiable_loss(model, guide, **data)
+        evaluations += 1
         if not torch.isfinite(loss):
-            last = f"{trace[-1]:.6g}" if trace else "none"
+            last = f"{-last_finite:.6g}" if math.isfinite(last_finite) else "none"
             raise FitError(
-                f"{name}: the objective became {-loss.item()} at evaluation {len(trace)} (last"
-                f" finite {last}); check the scale of the data and priors"
+                f"{name}: the objective became {-loss.item()} at evaluation {evaluations - 1}"
+                f" (last finite {last}); check the scale of the data and priors"
             )
+        last_finite = loss.item()
         loss.backward()
-        trace.append(-loss.item())
         return loss
 
+    trace: list[float] = []
     converged = False
     start = time.perf_counter()
-    previous = math.inf
-    while len(trace) < config.num_steps:
-        current = float(opt.step(closure).detach())
-        if abs(previous - current) <= 1e-10 * (1.0 + abs(current)):
-            converged = True
-            break
-        previous = current
+    with tqdm(total=config.num_steps, desc=name, disable=not config.progress, leave=False) as bar:
+        while evaluations < config.num_steps:
+            before = evaluations
+            trace.append(-float(opt.step(closure).detach()))  # objective where it began
+            bar.update(evaluations - before)
+            if len(trace) > 1 and abs(trace[-1] - trace[-2]) <= 1e-10 * (1.0 + abs(trace[-1])):
+                converged = True
+                break
+        with torch.no_grad():
+            final = -float(elbo_fn.differentiable_loss(model, guide, **data))
+    evaluations += 1
+    trace.append(final)
     wall = time.perf_counter() - start
     if not converged:
-        logger.warning("%s: L-BFGS not converged after %d evaluations", name, len(trace))
+        logger.warning("%s: L-BFGS not converged after %d evaluations", name, evaluations)
     return FitResult(
         name=name,
         guide=guide,
         model=model,
         data=data,
         elbo=np.asarray(trace),
-        steps=len(trace),
-        grad_evals=len(trace),
+        steps=len(trace) - 1,
+        grad_evals=evaluations,
         wall_s=wall,
         converged=converged,
+        final_elbo=final,
         max_plate_nesting=max_plate_nesting,
     )
 
@@ -249,8 +303,13 @@ def fit_guide(
 ) -> FitResult:
     """Build the guide family ``name`` for ``model`` and fit it to ``model(**data)``.
 
-    Point guides (delta, and the MAP step of laplace) are fitted by :func:`fit_lbfgs`,
-    the others by SVI (:func:`fit`).
+    Point guides (delta, and the MAP step of laplace) are fitted by :func:`fit_lbfgs`, the
+    others by SVI (:func:`fit`). With ``config.init="map"`` (the default) a stochastic guide
+    starts at the MAP point of the unconstrained latent vector and is fitted in coordinates
+    whitened by the curvature there (:mod:`guides.whiten`); the cost of that start (L-BFGS
+    evaluations, and the Hessian at two gradient evaluations a row) is part of the fit's.
+    Discrete sites the model enumerates (``config_enumerate``) are hidden from the guide and
+    summed out by TraceEnum_ELBO.
 
     For ``laplace`` the returned guide is the Gaussian at the mode, and ``info`` says
     whether the Hessian was positive definite (and what was done if not).
@@ -261,38 +320,77 @@ def fit_guide(
     >>> draws = result.sample(1000, seed=1)  # doctest: +SKIP
     """
     spec = get_guide(name)
+    if config.init not in INITS:
+        raise ZooInputError(f"unknown init '{config.init}'; choose one of: {', '.join(INITS)}")
+    hidden = enumerated_sites(model, data)
+    guide_model = poutine.block(model, hide=hidden) if hidden else model
+    common = {
+        "seed": seed,
+        "config": config,
+        "max_plate_nesting": max_plate_nesting,
+        "enumerate": bool(hidden),
+    }
+    hessian_args = {
+        "loss_model": model,
+        "elbo": make_elbo(1, max_plate_nesting, enumerate=bool(hidden)),
+    }
+    init_loc_fn = init_to_median(num_samples=15)
+    extra: dict[str, object] = {}
+    if spec.whiten and config.init == "map":
+        start = _map_start(guide_model, init_loc_fn, spec.name, common, hessian_args, data)
+        init_loc_fn, extra = start
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    guide = spec.build(model)
+    guide = spec.build(guide_model, init_loc_fn=init_loc_fn, **extra.pop("whitening", {}))
     if spec.optimizer == "lbfgs":
-        result = fit_lbfgs(
-            model,
-            guide,
-            seed=seed,
-            config=config,
-            max_plate_nesting=max_plate_nesting,
-            name=spec.name,
-            **data,
-        )
+        result = fit_lbfgs(model, guide, name=spec.name, **common, **data)
     else:
         result = fit(
-            model,
-            guide,
-            seed=seed,
-            config=config,
-            num_particles=spec.num_particles,
-            max_plate_nesting=max_plate_nesting,
-            name=spec.name,
-            **data,
+            model, guide, num_particles=spec.num_particles, name=spec.name, **common, **data
         )
     result.name = spec.name
+    result.hidden = tuple(hidden)
+    if extra:
+        result.grad_evals += extra["grad_evals"]
+        result.wall_s += extra["wall_s"]
+        result.info["init"] = extra["note"]
     if spec.name == "laplace":
-        start = time.perf_counter()
-        result.guide = guide.laplace_approximation(**data)
-        result.wall_s += time.perf_counter() - start
+        tick = time.perf_counter()
+        result.guide = guide.laplace_approximation(**data, **hessian_args)
+        result.wall_s += time.perf_counter() - tick
+        result.grad_evals += 2 * guide.latent_dim
         result.info["hessian"] = guide.hessian_status
         result.info["hessian_min_eig"] = guide.hessian_min_eig
     return result
+
+
+def _map_start(guide_model, init_loc_fn, name, common, hessian_args, data):
+    """MAP point of the unconstrained latent vector (L-BFGS), where the guide will start,
+    and the whitening there: ``scale = diag(H)^-1/2`` where the curvature is positive, 1
+    elsewhere."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(common["seed"])
+    point = LaplaceGuide(guide_model, init_loc_fn=init_loc_fn)
+    fitted = fit_lbfgs(
+        hessian_args["loss_model"], point, name=f"{name} (MAP start)", **common, **data
+    )
+    tick = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the start only needs the diagonal, flat or not
+        curvature = point.hessian(**data, **hessian_args).diagonal()
+    flat = int((curvature <= 0).sum())
+    scale = torch.where(
+        curvature > 0, curvature.clamp_min(1e-300).rsqrt(), torch.ones_like(curvature)
+    )
+    note = f"MAP ({fitted.grad_evals} L-BFGS evaluations), whitened by diag(H)^-1/2"
+    if flat:
+        note += f" ({flat} coordinate(s) without positive curvature kept at scale 1)"
+    return init_loc_fn, {
+        "whitening": {"shift": point.loc.detach().clone(), "scale": scale},
+        "grad_evals": fitted.grad_evals + 2 * point.latent_dim,
+        "wall_s": fitted.wall_s + time.perf_counter() - tick,
+        "note": note,
+    }
 
 
 def draw(

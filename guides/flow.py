@@ -10,17 +10,12 @@ from pyro.nn import PyroParam
 from torch import nn
 from torch.distributions import constraints
 
+from guides.whiten import Whitened
 
-class FlowGuide(AutoContinuous):
+
+class _Flow(AutoContinuous):
     """Standard normal pushed through ``num_transforms`` affine autoregressive (IAF) layers
-    and a final diagonal affine map ``loc + scale * u`` in unconstrained space.
-
-    Pyro's :class:`~pyro.infer.autoguide.AutoIAFNormal` ignores ``init_loc_fn`` and starts at
-    zero; on data whose scale is far from 1 (an intercept near 90, say) it spends most of its
-    steps moving there and stops short. Here ``loc`` starts at the model's initial point and
-    the autoregressive layers start near the identity, so the flow begins as the mean-field
-    guide does and adds dependence from there.
-    """
+    and a final diagonal affine map ``loc + scale * v``."""
 
     def __init__(
         self, model, *, num_transforms: int = 2, init_loc_fn=None, init_scale: float = 0.1
@@ -42,6 +37,25 @@ class FlowGuide(AutoContinuous):
             ]
         ).to(dtype=init.dtype)
 
+    def _loc_scale(self, *args, **kwargs):
+        # The affine map's own location and scale (not the flow's moments), as
+        # AutoContinuous.median needs; the layers start near the identity.
+        return self.loc, self.scale
+
+
+class FlowGuide(Whitened, _Flow):
+    """A normalizing flow over the unconstrained latent vector that starts where the other
+    guides start.
+
+    Pyro's :class:`~pyro.infer.autoguide.AutoIAFNormal` ignores ``init_loc_fn`` and starts at
+    zero; on data whose scale is far from 1 (an intercept near 90, say) it spends most of its
+    steps moving there and stops short. Here the final affine map starts at the model's
+    initial point (in whitened coordinates, see :mod:`guides.whiten`) and the autoregressive
+    layers near the identity, so the flow begins as the mean-field guide does and adds
+    dependence from there.
+    """
+
     def get_posterior(self, *args, **kwargs):
         base = Normal(torch.zeros_like(self.loc), torch.ones_like(self.loc)).to_event(1)
-        return TransformedDistribution(base, [*self.layers, AffineTransform(self.loc, self.scale)])
+        affine = AffineTransform(self._to_u(self.loc), self.white_scale * self.scale)
+        return TransformedDistribution(base, [*self.layers, affine])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import torch
-from pyro import poutine
+from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoLaplaceApproximation, AutoMultivariateNormal
 
 logger = logging.getLogger(__name__)
@@ -45,19 +45,34 @@ class LaplaceGuide(AutoLaplaceApproximation):
     hessian_status: str = "not computed"
     hessian_min_eig: float = float("nan")
 
-    def laplace_approximation(self, *args, **kwargs) -> AutoMultivariateNormal:
-        guide_trace = poutine.trace(self).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
-        loss = guide_trace.log_prob_sum() - model_trace.log_prob_sum()
-        h = _hessian(loss, self.loc)
+    def hessian(self, *args, loss_model=None, elbo=None, **kwargs) -> torch.Tensor:
+        """Symmetrized Hessian of the negative log joint (with the log-Jacobian of the map to
+        unconstrained space) at the current point ``loc``; one backward pass per row.
+
+        ``loss_model`` and ``elbo`` give the negative log joint as
+        ``elbo.differentiable_loss(loss_model, self)``; by default ``self.model`` and
+        ``Trace_ELBO``. A model that sums out discrete sites passes itself unblocked with
+        ``TraceEnum_ELBO`` (the guide itself is built on the model with those sites hidden).
+        Raises FloatingPointError when it is not finite.
+        """
+        elbo = elbo or Trace_ELBO()
+        loss = elbo.differentiable_loss(loss_model or self.model, self, *args, **kwargs)
+        h = _hessian(loss, self.loc).detach()
+        h = 0.5 * (h + h.T)
+        if not torch.isfinite(h).all():
+            raise FloatingPointError(
+                "the Hessian at the MAP point is not finite; the fit did not reach a valid mode"
+            )
+        return h
+
+    def laplace_approximation(
+        self, *args, loss_model=None, elbo=None, **kwargs
+    ) -> AutoMultivariateNormal:
+        """The Gaussian at the current point (the mode after fitting), with the inverse of
+        :meth:`hessian` (its arguments too) as covariance, repaired where it is singular or
+        indefinite (see the class docstring)."""
+        h = self.hessian(*args, loss_model=loss_model, elbo=elbo, **kwargs)
         with torch.no_grad():
-            h = 0.5 * (h + h.T)
-            if not torch.isfinite(h).all():
-                raise FloatingPointError(
-                    "the Hessian at the MAP point is not finite; the fit did not reach a valid mode"
-                )
             evals, evecs = torch.linalg.eigh(h)
             largest = float(evals.abs().max())
             relative = max(RELATIVE_FLOOR, torch.finfo(h.dtype).eps ** 0.5)
@@ -68,7 +83,8 @@ class LaplaceGuide(AutoLaplaceApproximation):
             self.hessian_min_eig = float(evals.min())
             if num_negative:
                 self.hessian_status = (
-                    f"indefinite: {num_negative} negative eigenvalue(s), min {float(evals.min()):.3g};"
+                    f"indefinite: {num_negative} negative eigenvalue(s),"
+                    f" min {float(evals.min()):.3g};"
                     " their magnitudes were used (not a mode)"
                 )
             elif num_flat:

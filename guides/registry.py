@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyro.infer.autoguide import (
-    AutoDelta,
-    AutoLowRankMultivariateNormal,
-    AutoMultivariateNormal,
-    AutoNormal,
-    init_to_median,
-)
+from pyro.infer.autoguide import AutoDelta
 
 from guides.flow import FlowGuide
 from guides.laplace import LaplaceGuide
+from guides.whiten import (
+    WhitenedDiagonalNormal,
+    WhitenedLowRankNormal,
+    WhitenedMultivariateNormal,
+)
 from zoo.errors import ZooInputError
 
 
@@ -22,30 +22,34 @@ from zoo.errors import ZooInputError
 class GuideSpec:
     """A guide family.
 
+    ``build(model, init_loc_fn=...)`` returns the (unfitted) guide of ``model``.
     ``has_density``: draws come with log q, so importance weights and PSIS k apply.
     ``point``: the guide is a point estimate (no spread). ``num_particles``: ELBO particles
     per step that the family needs. ``optimizer``: ``"lbfgs"`` for a deterministic
-    objective (a point: the log joint), ``"adam"`` for a stochastic ELBO.
+    objective (a point: the log joint), ``"adam"`` for a stochastic ELBO. ``whiten``: the
+    guide takes ``shift`` and ``scale`` and is fitted in whitened coordinates
+    (:mod:`guides.whiten`).
     """
 
     name: str
     summary: str
-    build: Callable[..., object]
+    build: Callable[[Callable[..., object], Callable], object]
     has_density: bool = True
     point: bool = False
     num_particles: int = 8
     optimizer: str = "adam"
+    whiten: bool = False
 
 
-def _init():
-    return init_to_median(num_samples=15)
+#: How a guide's location is initialized (see ``FitConfig.init``).
+INITS = ("map", "median")
 
 
 GUIDES: dict[str, GuideSpec] = {
     "delta": GuideSpec(
         "delta",
         "MAP: a point mass at the posterior mode (AutoDelta); no uncertainty at all",
-        lambda model: AutoDelta(model, init_loc_fn=_init()),
+        AutoDelta,
         has_density=False,
         point=True,
         num_particles=1,
@@ -53,30 +57,34 @@ GUIDES: dict[str, GuideSpec] = {
     ),
     "laplace": GuideSpec(
         "laplace",
-        "Laplace: Gaussian at the mode with the inverse Hessian as covariance (unconstrained space)",
-        lambda model: LaplaceGuide(model, init_loc_fn=_init()),
+        "Laplace: Gaussian at the mode, inverse Hessian as covariance (unconstrained space)",
+        LaplaceGuide,
         num_particles=1,
         optimizer="lbfgs",
     ),
     "mean_field": GuideSpec(
         "mean_field",
-        "mean-field: independent normals per coordinate (AutoNormal); misses correlations",
-        lambda model: AutoNormal(model, init_loc_fn=_init()),
+        "mean-field: independent normals per coordinate; misses correlations",
+        WhitenedDiagonalNormal,
+        whiten=True,
     ),
     "low_rank": GuideSpec(
         "low_rank",
-        "low-rank: normal with diagonal plus rank-r covariance (AutoLowRankMultivariateNormal)",
-        lambda model: AutoLowRankMultivariateNormal(model, init_loc_fn=_init()),
+        "low-rank: normal with diagonal plus rank-r covariance, r ~ sqrt(dim)",
+        WhitenedLowRankNormal,
+        whiten=True,
     ),
     "full_rank": GuideSpec(
         "full_rank",
-        "full-rank: multivariate normal with a dense covariance (AutoMultivariateNormal)",
-        lambda model: AutoMultivariateNormal(model, init_loc_fn=_init()),
+        "full-rank: multivariate normal with a dense covariance",
+        WhitenedMultivariateNormal,
+        whiten=True,
     ),
     "flow": GuideSpec(
         "flow",
         "flow: normal through 2 affine autoregressive (IAF) layers and an affine map",
-        lambda model: FlowGuide(model, num_transforms=2, init_loc_fn=_init()),
+        functools.partial(FlowGuide, num_transforms=2),
+        whiten=True,
     ),
 }
 

@@ -269,13 +269,6 @@ def test_compare_fit_and_report_write_what_they_announce(workdir, capsys, tiny_s
     assert {p.name for p in (workdir / "cmp" / "figures").iterdir()} >= {"marginals.png"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="report.plot_marginals takes the x range from the reference draws when no method has "
-    "spread; zoo fit has no reference, so a lone point estimate (map, delta) crashes on "
-    "np.ravel(None).std(); remove this mark once fixed",
-)
 def test_fit_of_a_point_estimate_writes_a_report(workdir, capsys, tiny_smoke):
     code, out, err = _zoo(
         [

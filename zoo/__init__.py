@@ -6,7 +6,16 @@ lists them.
 """
 
 from zoo.errors import ZooInputError
-from zoo.posterior import ClosedForm, Posterior
+from zoo.posterior import ClosedForm, LocalLatents, Posterior, Relabelled
 from zoo.registry import MODELS, ModelSpec, get_model
 
-__all__ = ["MODELS", "ClosedForm", "ModelSpec", "Posterior", "ZooInputError", "get_model"]
+__all__ = [
+    "MODELS",
+    "ClosedForm",
+    "LocalLatents",
+    "ModelSpec",
+    "Posterior",
+    "Relabelled",
+    "ZooInputError",
+    "get_model",
+]

@@ -16,12 +16,17 @@ class ClosedForm:
     ``draws`` maps each latent site (and deterministic site) to an array whose first axis
     indexes draws; ``moments`` optionally gives the exact mean and standard deviation of each
     site, which comparisons prefer over the draws when this method is the reference.
+    ``point`` marks a point estimate (one draw). ``info`` holds plain numbers or strings for
+    the method's diagnostics (e.g. ``log_likelihood``, ``bic``, ``converged``, ``n_iter``);
+    ``trace`` is the objective per iteration of an iterative method (EM's log-likelihood),
+    drawn beside the ELBO traces.
     """
 
     draws: Mapping[str, np.ndarray]
     moments: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
     point: bool = False
-    info: Mapping[str, float | str] = field(default_factory=dict)
+    info: Mapping[str, float | int | str | bool] = field(default_factory=dict)
+    trace: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,32 @@ class PredictiveGrid:
     data: Mapping[str, torch.Tensor]
     observed_x: np.ndarray
     observed_y: np.ndarray
+
+
+@dataclass(frozen=True)
+class LocalLatents:
+    """Per-datapoint latents of a model, for amortized guides (an encoder q(site | input)).
+
+    ``site`` is the latent site, a vector of size ``dim`` per row inside the plate named
+    ``plate``; ``input`` is the data keyword the encoder reads (the observation).
+    """
+
+    site: str
+    dim: int
+    input: str
+    plate: str = "data"
+
+
+@dataclass(frozen=True)
+class Relabelled:
+    """What :attr:`Posterior.relabel` returns: draws with canonical labels and what it did.
+
+    ``draws`` has the same keys and shapes as the draws given; ``info`` holds plain numbers
+    or strings (e.g. ``label_swaps`` per chain) that end up in the method's diagnostics.
+    """
+
+    draws: Mapping[str, np.ndarray]
+    info: Mapping[str, float | int | str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -59,6 +90,31 @@ class Posterior:
         ArviZ dims of each reported site and coordinate values of each dim.
     closed_forms : mapping
         Method name (``exact``, ``ml``, ``em``) to ``fn(seed, num_draws) -> ClosedForm``.
+    marginal_model : callable, optional
+        The same model with every local latent (discrete or continuous) summed or integrated
+        out, called as ``marginal_model(**data)``, with the same global sites and the
+        observation at ``obs_site`` holding p(x_n | globals) per row. The pointwise
+        log-likelihood, LOO, predictive draws and importance weights use it. None when
+        ``model`` has no local latents (it is its own marginal).
+    local_model, local : callable and LocalLatents, optional
+        The form with explicit per-datapoint latents that amortized guides fit (PPCA's
+        ``z``), and a description of those latents. None when the model offers none.
+    relabel : callable, optional
+        ``relabel(draws, reference) -> Relabelled`` for a model whose labels are arbitrary
+        (mixture components). ``draws`` maps site names to arrays (chain, draw, *shape);
+        ``reference`` is None or the reference method's draws in the same form, to match
+        labels against. Applied to every method's draws before any summary.
+    row_labels : array (N,), optional
+        A known class of each fitted row (digit, species), only to colour plots of
+        per-row quantities; never seen by any method.
+    accuracy_sites : tuple of str, optional
+        The sites on which mean z and sd ratio are measured; None means all of ``sites``.
+        PPCA leaves out ``loadings``, identified only up to rotation.
+    extra_metrics : callable, optional
+        ``extra_metrics(draws, reference) -> dict`` of model-specific accuracy numbers
+        (plain floats), with ``draws``/``reference`` flat: site -> array (S, *shape);
+        ``reference`` may be None. Used where raw parameters are not identified (PPCA's
+        rotations) or to compare with the truth of simulated data.
     """
 
     model_name: str
@@ -75,6 +131,18 @@ class Posterior:
     truth: Mapping[str, np.ndarray] | None = None
     description: Mapping[str, str] = field(default_factory=dict)
     max_plate_nesting: int = 1
+    marginal_model: Callable[..., object] | None = None
+    local_model: Callable[..., object] | None = None
+    local: LocalLatents | None = None
+    relabel: Callable[..., Relabelled] | None = None
+    accuracy_sites: tuple[str, ...] | None = None
+    row_labels: np.ndarray | None = None
+    extra_metrics: Callable[..., dict[str, float]] | None = None
+
+    @property
+    def likelihood_model(self) -> Callable[..., object]:
+        """The model whose observation site gives p(x_n | globals): the marginal form."""
+        return self.marginal_model if self.marginal_model is not None else self.model
 
     @property
     def num_data(self) -> int:

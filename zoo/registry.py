@@ -17,7 +17,8 @@ class ModelSpec:
     ``guides`` are the guide keys that apply; ``closed_forms`` the closed-form methods the
     model can offer (a posterior built with some options may offer fewer: see
     ``Posterior.closed_forms``); ``options`` the keyword options of ``make_posterior`` that
-    the command line may set.
+    the command line may set; ``example(seed)`` a small posterior on simulated data, which
+    the registry tests run every model through.
     """
 
     name: str
@@ -28,6 +29,7 @@ class ModelSpec:
     default_dataset: str
     options: tuple[str, ...]
     make_posterior: Callable[..., Posterior]
+    example: Callable[[int], Posterior]
     closed_form_hints: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -54,6 +56,9 @@ MODELS: dict[str, ModelSpec] = {
             "test_fraction",
         ),
         make_posterior=linear_regression.make_posterior,
+        example=lambda seed: linear_regression.make_posterior(
+            linear_regression.simulate(seed, 30, 3, correlation=0.5)[0]
+        ),
         closed_form_hints={
             "exact": "'exact' needs the conjugate prior (--prior conjugate) or a known noise"
             " scale (--sigma-known S)"
