@@ -68,11 +68,17 @@ def _clean(values: dict, *, numbers_only: bool) -> dict:
     return out
 
 
+def _flat_draws(draws: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Draws (chain, draw, *shape) as (chain * draw, *shape)."""
+    return {k: v.reshape((-1, *v.shape[2:])) for k, v in draws.items()}
+
+
 def _record(
     posterior: Posterior,
     run: MethodRun,
     idata: az.InferenceData | None,
     ref: tuple[dict, dict] | None,
+    ref_draws: dict[str, np.ndarray] | None,
 ) -> dict:
     cost = {k: (float(v) if k == "wall_s" else int(v)) for k, v in run.cost.items()}
     if run.error is not None or idata is None:
@@ -92,7 +98,10 @@ def _record(
     diagnostics = dict(run.diagnostics)
     met: dict[str, float] = {}
     if ref is not None:
-        met.update(M.accuracy(stats, *ref))
+        ref_moments, ref_mcse = ref
+        met.update(M.accuracy({k: v for k, v in stats.items() if k in ref_moments}, *ref))
+    if posterior.extra_metrics is not None:
+        met.update(posterior.extra_metrics(_flat_draws(run.draws), ref_draws))
     ll = idata.log_likelihood
     met["lpd_train"] = M.lpd(ll[posterior.obs_site].values)
     if f"{posterior.obs_site}_test" in ll:
@@ -165,8 +174,8 @@ def compare(
         reference = resolve_methods(posterior, [reference or default_reference(posterior, chosen)])[
             0
         ]
-        if reference not in chosen:
-            chosen = [reference, *chosen]
+        # The reference runs first: the others' labels are matched against its draws.
+        chosen = [reference, *(m for m in chosen if m != reference)]
     if out_dir is not None:
         _check_writable(Path(out_dir))
     timings = {"methods_s": 0.0, "conversion_s": 0.0, "metrics_s": 0.0}
@@ -180,15 +189,24 @@ def compare(
         runs[method] = run
         if run.error is None:
             tick = time.perf_counter()
+            if posterior.relabel is not None:
+                ref_run = runs.get(reference) if method != reference else None
+                relabelled = posterior.relabel(
+                    run.draws, ref_run.draws if ref_run is not None and ref_run.draws else None
+                )
+                run.draws = dict(relabelled.draws)
+                run.diagnostics.update(relabelled.info)
             idatas[method] = to_inference_data(posterior, run, seed=seed)
             timings["conversion_s"] += time.perf_counter() - tick
         else:
             logger.warning("%s failed: %s", method, run.error)
     tick = time.perf_counter()
-    ref = None
+    ref, ref_draws = None, None
     if reference is not None and reference in idatas:
-        ref = M.reference_moments(idatas[reference], runs[reference], posterior.sites)
-    records = {m: _record(posterior, runs[m], idatas.get(m), ref) for m in chosen}
+        judged = posterior.accuracy_sites or posterior.sites
+        ref = M.reference_moments(idatas[reference], runs[reference], judged)
+        ref_draws = _flat_draws(runs[reference].draws)
+    records = {m: _record(posterior, runs[m], idatas.get(m), ref, ref_draws) for m in chosen}
     for m, rec in records.items():
         rec["verdict"] = M.verdict(m, rec, reference=reference if ref else None)
     timings["metrics_s"] = time.perf_counter() - tick

@@ -33,8 +33,9 @@ def _trace_chunk(
         k: torch.as_tensor(v, dtype=dtype).reshape((num,) + (1,) * m + v.shape[1:])
         for k, v in latent.items()
     }
+    model = poutine.condition(posterior.likelihood_model, data=values)
     with torch.no_grad(), pyro.plate("_draws", num, dim=-(m + 1)):
-        return poutine.trace(poutine.condition(posterior.model, data=values)).get_trace(**data)
+        return poutine.trace(model).get_trace(**data)
 
 
 def push_forward(
@@ -44,12 +45,13 @@ def push_forward(
     *,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Run the model vectorized over draws of its latent sites.
+    """Run the likelihood model (the marginal form, see ``Posterior.likelihood_model``)
+    vectorized over draws of its global latent sites.
 
     ``latent`` maps latent sites to arrays (S, *shape). Returns, each with S first:
     the deterministic sites, ``log_lik`` (S, N) of the observed site given ``data``, and,
     where ``data`` lacks the observation, its predictive draws as ``<obs>`` and the model's
-    return value as ``_mean``.
+    return value (if it returns a tensor) as ``_mean``.
     """
     pyro.set_rng_seed(seed)
     total = len(next(iter(latent.values())))
@@ -70,9 +72,11 @@ def push_forward(
                 lp = site["fn"].log_prob(value)
                 out["log_lik"] = lp.expand(site["fn"].batch_shape).reshape(num, -1).numpy()
                 if posterior.obs_site not in data:
-                    out[name] = value.reshape(num, -1).numpy()
+                    event = value.shape[value.dim() - site["fn"].event_dim :]
+                    out[name] = value.reshape((num, -1, *event)).numpy()
         ret = tr.nodes["_RETURN"]["value"]
-        out["_mean"] = ret.expand(num, ret.shape[-1]).numpy()
+        if isinstance(ret, torch.Tensor):
+            out["_mean"] = ret.expand(num, ret.shape[-1]).numpy()
         for k, v in out.items():
             pieces.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in pieces.items()}
@@ -92,9 +96,10 @@ def to_inference_data(
     posterior: Posterior, run: MethodRun, *, seed: int = 0, num_predictive: int = 500
 ) -> az.InferenceData:
     """ArviZ InferenceData of one method: posterior (reported and latent sites),
-    log_likelihood, sample_stats, observed_data, posterior_predictive on the report grid
-    and, when rows were held out, ``log_likelihood_test`` in the attrs-free group
-    ``predictions``-style variable ``y_test`` of the log_likelihood group.
+    log_likelihood (the observation, and ``<obs>_test`` on held-out rows when there are
+    some), sample_stats, observed_data, posterior_predictive on the report grid, and
+    constant_data (the grid's x values, known row labels, per-row outputs of the method such
+    as an encoder's latent means).
 
     VI is one chain of draws from q; a point estimate is one chain of one draw.
     """
@@ -131,26 +136,41 @@ def to_inference_data(
     sample_stats = {k: v for k, v in run.sample_stats.items()}
     if run.log_weights is not None:
         sample_stats["log_weight"] = run.log_weights
+    constant: dict[str, np.ndarray] = {}
+    if posterior.grid is not None:
+        constant["plot_x"] = np.asarray(posterior.grid.observed_x)
+        dims["plot_x"] = ["obs"]
+    if posterior.row_labels is not None:
+        constant["row_label"] = np.asarray(posterior.row_labels)
+        dims["row_label"] = ["obs"]
+    for name, (values, value_dims) in run.per_row.items():
+        constant[name] = np.asarray(values)
+        dims[name] = list(value_dims)
     idata = az.from_dict(
         posterior=post,
         log_likelihood=log_lik,
         sample_stats=sample_stats or None,
         posterior_predictive=predictive,
-        observed_data={obs: posterior.data[obs].numpy()},
-        constant_data=(
-            {"plot_x": np.asarray(posterior.grid.observed_x)}
-            if posterior.grid is not None
-            else None
-        ),
-        dims={**dims, "plot_x": ["obs"]},
+        constant_data=constant or None,
+        dims=dims,
         coords=coords,
         attrs={"method": run.method, "model": posterior.model_name, "dataset": posterior.dataset},
     )
+    # The observation has its own dims ((obs, feature) for a table of features), which ArviZ
+    # cannot tell apart from those of the log-likelihood of the same name: a group of its own.
+    observed = posterior.data[obs].numpy()
+    obs_dims = ["obs"]
+    if observed.ndim == 2:
+        named = "feature" in coords and len(coords["feature"]) == observed.shape[1]
+        obs_dims.append("feature" if named else "obs_feature")
+    idata.extend(az.from_dict(observed_data={obs: observed}, dims={obs: obs_dims}, coords=coords))
     meta = {
         "point": run.point,
         "sites": list(posterior.sites),
+        "accuracy_sites": list(posterior.accuracy_sites or posterior.sites),
         "description": dict(posterior.description),
         "grid_label": posterior.grid.label if posterior.grid is not None else "",
+        "trace_label": run.trace_label,
     }
     idata.posterior.attrs["zoo"] = json.dumps(meta)
     if run.elbo is not None:

@@ -142,21 +142,21 @@ def plot_pair(results, idatas, sites, path: Path) -> str | None:
 
 def plot_elbo(idatas, path: Path) -> bool:
     traces = {
-        m: np.asarray(i.posterior.attrs["elbo"])
+        m: (np.asarray(i.posterior.attrs["elbo"]), _meta(i).get("trace_label", "ELBO"))
         for m, i in idatas.items()
         if "elbo" in i.posterior.attrs
     }
     if not traces:
         return False
     fig, axes = plt.subplots(1, len(traces), figsize=(3.2 * len(traces), 2.8), squeeze=False)
-    for ax, (m, t) in zip(axes.flat, traces.items()):
+    for ax, (m, (t, label)) in zip(axes.flat, traces.items()):
         ax.plot(np.arange(len(t)), t, lw=0.6)
+        ax.set_ylabel(label, fontsize=8)
         lo = np.quantile(t[len(t) // 10 :], 0.01) if len(t) > 20 else t.min()
         span = t.max() - lo
         ax.set_ylim(lo - 0.1 * span, t.max() + 0.1 * span + 1e-9)
         ax.set_title(m, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-    axes.flat[0].set_ylabel("ELBO (delta, laplace: log joint)", fontsize=8)
     _savefig(fig, path)
     return True
 

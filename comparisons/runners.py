@@ -54,6 +54,9 @@ class MethodRun:
     ``draws`` maps latent site names to arrays (chain, draw, *shape) in constrained space.
     ``log_weights`` (chain, draw) are log p(x, z) - log q(z) for guides with a density.
     ``moments`` are exact moments of the reported sites where the method has them.
+    ``elbo`` is the objective per step (``trace_label`` names it: the ELBO, the log joint of
+    an L-BFGS fit, EM's log-likelihood). ``per_row`` holds per-datapoint outputs with their
+    dims (e.g. an encoder's latent means, dims ("obs", "latent")).
     """
 
     method: str
@@ -66,6 +69,8 @@ class MethodRun:
     moments: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     point: bool = False
     error: str | None = None
+    trace_label: str = "ELBO"
+    per_row: dict[str, tuple[np.ndarray, tuple[str, ...]]] = field(default_factory=dict)
 
 
 class _CountingNUTS(NUTS):
@@ -173,9 +178,11 @@ def run_svi(
             point=spec.point,
         )
     num_draws = 1 if spec.point else preset.num_draws
+    # Draws are pushed through the likelihood model: for a model that enumerates discrete
+    # sites, its marginal form, so that log w = log p(x, z) - log q(z) sums them out.
     latent, log_w = draw(
         result.guide,
-        posterior.model,
+        posterior.likelihood_model,
         posterior.data,
         num_draws,
         seed=seed + 1,
@@ -195,6 +202,7 @@ def run_svi(
         elbo=result.elbo,
         log_weights=log_w[None] if spec.has_density else None,
         point=spec.point,
+        trace_label="log joint (L-BFGS)" if spec.optimizer == "lbfgs" else "ELBO",
     )
 
 
@@ -203,7 +211,7 @@ def run_closed_form(
 ) -> MethodRun:
     """A closed form of the model (exact posterior, ML, EM)."""
     start = time.perf_counter()
-    result = posterior.closed_forms[method](seed, 1 if method in ("ml",) else preset.num_draws)
+    result = posterior.closed_forms[method](seed, preset.num_draws)
     wall = time.perf_counter() - start
     return MethodRun(
         method=method,
@@ -212,6 +220,8 @@ def run_closed_form(
         diagnostics=dict(result.info),
         moments=dict(result.moments) if result.moments is not None else None,
         point=result.point,
+        elbo=None if result.trace is None else np.asarray(result.trace, dtype=float),
+        trace_label=f"log-likelihood ({method.upper()})",
     )
 
 
