@@ -161,14 +161,7 @@ def run_svi(
     config = FitConfig(**{**preset.fit.__dict__, "progress": progress})
     start = time.perf_counter()
     try:
-        result = fit_guide(
-            spec.name,
-            posterior.model,
-            seed=seed,
-            config=config,
-            max_plate_nesting=posterior.max_plate_nesting,
-            **posterior.data,
-        )
+        result = fit_guide(spec.name, posterior, seed=seed, config=config)
     except (FitError, FloatingPointError) as exc:
         return MethodRun(
             method=spec.name,
@@ -177,11 +170,22 @@ def run_svi(
             error=str(exc),
             point=spec.point,
         )
-    num_draws = 1 if spec.point else preset.num_draws
-    # Draws are pushed through the likelihood model: for a model that enumerates discrete
-    # sites, its marginal form, so that log w = log p(x, z) - log q(z) sums them out.
+    point, has_density, sampler = spec.point, spec.has_density, result.guide
+    per_row: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
+    if spec.amortized:  # globals from their own guide; the encoder's means per row
+        sampler = result.guide.globals
+        has_density = result.guide.global_guide_name == "mean_field"
+        point = not has_density
+        x = posterior.data[posterior.local.input]
+        per_row[f"{posterior.local.site}_mean"] = (
+            result.guide.latent_means(x).numpy(),
+            ("obs", "latent"),
+        )
+    num_draws = 1 if point else preset.num_draws
+    # Draws are pushed through the likelihood model: for a model with local latents, its
+    # marginal form, so that log w = log p(x, globals) - log q(globals) sums them out.
     latent, log_w = draw(
-        result.guide,
+        sampler,
         posterior.likelihood_model,
         posterior.data,
         num_draws,
@@ -200,9 +204,10 @@ def run_svi(
         cost={"wall_s": result.wall_s, "grad_evals": result.grad_evals, "steps": result.steps},
         diagnostics=diagnostics,
         elbo=result.elbo,
-        log_weights=log_w[None] if spec.has_density else None,
-        point=spec.point,
+        log_weights=log_w[None] if has_density else None,
+        point=point,
         trace_label="log joint (L-BFGS)" if spec.optimizer == "lbfgs" else "ELBO",
+        per_row=per_row,
     )
 
 
@@ -264,7 +269,8 @@ def resolve_methods(posterior: Posterior, names: list[str] | None) -> list[str]:
         if name not in available:
             if name in GUIDES:
                 raise ZooInputError(
-                    f"guide '{name}' does not apply to {spec.name}; it takes: {', '.join(spec.guides)}"
+                    f"guide '{name}' does not apply to {spec.name};"
+                    f" it takes: {', '.join(spec.guides)}"
                 )
             hint = spec.closed_form_hints.get(name, "")
             raise ZooInputError(

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from guides.laplace import LaplaceGuide
 from guides.registry import INITS, get_guide
-from zoo.errors import ZooInputError
+from zoo import LocalLatents, Posterior, ZooInputError
 
 logger = logging.getLogger(__name__)
 
@@ -294,11 +294,14 @@ def fit_lbfgs(
 
 def fit_guide(
     name: str,
-    model: Callable[..., object],
+    model: Callable[..., object] | Posterior,
     *,
     seed: int,
     config: FitConfig = FitConfig(),
     max_plate_nesting: int = 1,
+    local: LocalLatents | None = None,
+    marginal_model: Callable[..., object] | None = None,
+    options: Mapping[str, object] | None = None,
     **data: torch.Tensor,
 ) -> FitResult:
     """Build the guide family ``name`` for ``model`` and fit it to ``model(**data)``.
@@ -311,6 +314,22 @@ def fit_guide(
     Discrete sites the model enumerates (``config_enumerate``) are hidden from the guide and
     summed out by TraceEnum_ELBO.
 
+    Parameters
+    ----------
+    name : str
+        A guide family (:data:`guides.GUIDES`, or the alias ``map``).
+    model : callable or Posterior
+        A Pyro model, called as ``model(**data)``; or a zoo ``Posterior``, which brings its
+        data, plate nesting and, for ``amortized``, its model with explicit local latents.
+    local : LocalLatents, optional
+        For ``amortized``: the per-datapoint latent site the encoder covers.
+    marginal_model : callable, optional
+        For ``amortized``: the same model with the local latents integrated out, on which
+        the MAP start of the globals is found (none: the globals start at a prior median).
+    options : mapping, optional
+        Options of the family's guide class (``amortized``: ``encoder`` and
+        ``global_guide``).
+
     For ``laplace`` the returned guide is the Gaussian at the mode, and ``info`` says
     whether the Hessian was positive definite (and what was done if not).
 
@@ -318,10 +337,25 @@ def fit_guide(
     --------
     >>> result = fit_guide("mean_field", post.model, seed=0, **post.data)  # doctest: +SKIP
     >>> draws = result.sample(1000, seed=1)  # doctest: +SKIP
+    >>> result = fit_guide("amortized", post, seed=0)  # doctest: +SKIP
     """
     spec = get_guide(name)
     if config.init not in INITS:
         raise ZooInputError(f"unknown init '{config.init}'; choose one of: {', '.join(INITS)}")
+    if isinstance(model, Posterior):
+        post = model
+        if data:
+            raise ValueError("fit_guide on a Posterior takes its data from it; pass none")
+        data, max_plate_nesting = dict(post.data), post.max_plate_nesting
+        model = post.model
+        if spec.amortized:
+            if post.local_model is None:
+                raise ZooInputError(
+                    f"guide 'amortized' needs per-datapoint latents; {post.model_name} has none"
+                )
+            model, local, marginal_model = post.local_model, post.local, post.model
+    if spec.amortized and local is None:
+        raise ZooInputError("guide 'amortized' needs local=LocalLatents(...) (or a Posterior)")
     hidden = enumerated_sites(model, data)
     guide_model = poutine.block(model, hide=hidden) if hidden else model
     common = {
@@ -337,11 +371,22 @@ def fit_guide(
     init_loc_fn = init_to_median(num_samples=15)
     extra: dict[str, object] = {}
     if spec.whiten and config.init == "map":
-        start = _map_start(guide_model, init_loc_fn, spec.name, common, hessian_args, data)
-        init_loc_fn, extra = start
+        if not spec.amortized:
+            extra = _map_start(guide_model, init_loc_fn, spec.name, common, hessian_args, data)
+        elif marginal_model is not None:  # the globals' start, on the marginal form
+            start_args = {"loss_model": marginal_model, "elbo": make_elbo(1, max_plate_nesting)}
+            start_common = {**common, "enumerate": False}
+            extra = _map_start(
+                marginal_model, init_loc_fn, spec.name, start_common, start_args, data
+            )
+    build_args = dict(options or {})
+    if spec.amortized:
+        build_args["local"] = local
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    guide = spec.build(guide_model, init_loc_fn=init_loc_fn, **extra.pop("whitening", {}))
+    guide = spec.build(
+        guide_model, init_loc_fn=init_loc_fn, **extra.pop("whitening", {}), **build_args
+    )
     if spec.optimizer == "lbfgs":
         result = fit_lbfgs(model, guide, name=spec.name, **common, **data)
     else:
@@ -354,6 +399,9 @@ def fit_guide(
         result.grad_evals += extra["grad_evals"]
         result.wall_s += extra["wall_s"]
         result.info["init"] = extra["note"]
+    if spec.amortized:
+        result.info["encoder"] = guide.encoder_name
+        result.info["global_guide"] = guide.global_guide_name
     if spec.name == "laplace":
         tick = time.perf_counter()
         result.guide = guide.laplace_approximation(**data, **hessian_args)
@@ -385,7 +433,7 @@ def _map_start(guide_model, init_loc_fn, name, common, hessian_args, data):
     note = f"MAP ({fitted.grad_evals} L-BFGS evaluations), whitened by diag(H)^-1/2"
     if flat:
         note += f" ({flat} coordinate(s) without positive curvature kept at scale 1)"
-    return init_loc_fn, {
+    return {
         "whitening": {"shift": point.loc.detach().clone(), "scale": scale},
         "grad_evals": fitted.grad_evals + 2 * point.latent_dim,
         "wall_s": fitted.wall_s + time.perf_counter() - tick,

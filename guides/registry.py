@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from pyro.infer.autoguide import AutoDelta
 
+from guides.amortized import AmortizedGuide
 from guides.flow import FlowGuide
 from guides.laplace import LaplaceGuide
 from guides.whiten import (
@@ -28,7 +29,8 @@ class GuideSpec:
     per step that the family needs. ``optimizer``: ``"lbfgs"`` for a deterministic
     objective (a point: the log joint), ``"adam"`` for a stochastic ELBO. ``whiten``: the
     guide takes ``shift`` and ``scale`` and is fitted in whitened coordinates
-    (:mod:`guides.whiten`).
+    (:mod:`guides.whiten`). ``amortized``: the guide covers per-datapoint latents with an
+    encoder and needs the model's ``LocalLatents``.
     """
 
     name: str
@@ -39,6 +41,7 @@ class GuideSpec:
     num_particles: int = 8
     optimizer: str = "adam"
     whiten: bool = False
+    amortized: bool = False
 
 
 #: How a guide's location is initialized (see ``FitConfig.init``).
@@ -85,6 +88,13 @@ GUIDES: dict[str, GuideSpec] = {
         "flow: normal through 2 affine autoregressive (IAF) layers and an affine map",
         functools.partial(FlowGuide, num_transforms=2),
         whiten=True,
+    ),
+    "amortized": GuideSpec(
+        "amortized",
+        "amortized: an encoder network q(z | x) for per-row latents, a point for the globals",
+        AmortizedGuide,
+        whiten=True,
+        amortized=True,
     ),
 }
 

@@ -18,6 +18,7 @@ from pyro import distributions as dist
 from pyro.distributions.transforms import AffineTransform
 from pyro.infer.autoguide import (
     AutoDiagonalNormal,
+    AutoLaplaceApproximation,
     AutoLowRankMultivariateNormal,
     AutoMultivariateNormal,
 )
@@ -98,3 +99,15 @@ class WhitenedMultivariateNormal(Whitened, AutoMultivariateNormal):
 
     def get_transform(self, *args, **kwargs):
         return dist.transforms.LowerCholeskyAffine(self._to_u(self.loc), self._scale_tril())
+
+
+class WhitenedPoint(Whitened, AutoLaplaceApproximation):
+    """A point (Delta) on the unconstrained latent vector: MAP in unconstrained coordinates
+    (the log-Jacobian of the map from them counts, unlike :class:`~pyro.infer.autoguide.
+    AutoDelta`, which maximizes the density of the constrained values)."""
+
+    def get_posterior(self, *args, **kwargs):
+        return dist.Delta(self._to_u(self.loc)).to_event(1)
+
+    def _loc_scale(self, *args, **kwargs):
+        return self._to_u(self.loc), torch.zeros_like(self.loc)

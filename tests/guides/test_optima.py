@@ -33,8 +33,9 @@ SIGMA = 1.0
 # many particles (vectorized, so nearly free) and short plateau windows.
 STOCHASTIC = FitConfig(num_steps=3000, lr=0.05, num_particles=64, min_steps=300, window=100)
 
-# Every guide family has a test here against its closed-form optimum.
-TESTED_GUIDES = {"delta", "laplace", "full_rank", "mean_field", "low_rank", "flow"}
+# Every guide family has a test against its closed-form optimum: here, and for amortized
+# (an encoder on PPCA at the ML solution) in test_amortized.py.
+TESTED_GUIDES = {"delta", "laplace", "full_rank", "mean_field", "low_rank", "flow", "amortized"}
 
 
 def test_every_guide_has_an_optimum_test():

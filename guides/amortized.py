@@ -1,0 +1,105 @@
+"""Amortized guides: an encoder network q(z_n | x_n) for per-datapoint latents, beside a
+point or mean-field guide for the global latents."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.nn import PyroModule
+
+from guides.encoders import ENCODERS
+from guides.whiten import WhitenedDiagonalNormal, WhitenedPoint
+from zoo import LocalLatents, ZooInputError
+
+#: Guides for the global latents of an amortized guide.
+GLOBAL_GUIDES = {"delta": WhitenedPoint, "mean_field": WhitenedDiagonalNormal}
+
+
+class AmortizedGuide(PyroModule):
+    """q(globals) q(z | x): a guide over the global latents (``global_guide``: a point or
+    mean-field, over the model with ``local.site`` hidden) and, for every row of the data
+    plate, ``local.site`` ~ Normal(loc(x_n), scale(x_n)) from an encoder network.
+
+    The encoder's cost does not grow with the number of rows: one set of weights serves
+    every row, and a new row gets its q(z | x) from one forward pass (the amortization).
+    Its family is narrower than one free Gaussian per row: the gap between the best encoder
+    and the best per-row Gaussians is the *amortization gap* (Cremer et al. 2018).
+
+    Parameters
+    ----------
+    model : callable
+        The model with explicit local latents (e.g. ``Posterior.local_model``).
+    local : LocalLatents
+        Which site is local, its size, the data keyword the encoder reads and the plate.
+    encoder : str
+        A key of :data:`guides.encoders.ENCODERS` (``linear`` or ``mlp``).
+    global_guide : str or None
+        ``delta`` (a point in unconstrained coordinates) or ``mean_field``; None for a
+        model whose only latents are the local ones (e.g. one with its globals fixed by
+        ``poutine.condition``).
+    init_loc_fn, shift, scale
+        Where the global guide starts and its whitening (see :mod:`guides.whiten`).
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., object],
+        *,
+        local: LocalLatents,
+        encoder: str = "linear",
+        global_guide: str | None = "delta",
+        init_loc_fn=None,
+        shift: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        if encoder not in ENCODERS:
+            raise ZooInputError(
+                f"unknown encoder '{encoder}'; choose one of: {', '.join(ENCODERS)}"
+            )
+        if global_guide is not None and global_guide not in GLOBAL_GUIDES:
+            raise ZooInputError(
+                f"unknown guide for the globals '{global_guide}'; choose one of:"
+                f" {', '.join(GLOBAL_GUIDES)}"
+            )
+        self.local = local
+        self.encoder_name = encoder
+        self.global_guide_name = global_guide
+        self.model = model
+        kwargs = {} if init_loc_fn is None else {"init_loc_fn": init_loc_fn}
+        self.globals = (
+            None
+            if global_guide is None
+            else GLOBAL_GUIDES[global_guide](
+                poutine.block(model, hide=[local.site]), shift=shift, scale=scale, **kwargs
+            )
+        )
+        self._encoder: torch.nn.Module | None = None
+
+    def encoder(self, x: torch.Tensor) -> torch.nn.Module:
+        """The encoder module (built on first use, when the input width is known)."""
+        if self._encoder is None:
+            module = ENCODERS[self.encoder_name].build(x.shape[-1], self.local.dim)
+            self._encoder = module.to(dtype=x.dtype, device=x.device)
+        return self._encoder
+
+    def forward(self, *args, **kwargs):
+        values = {} if self.globals is None else self.globals(*args, **kwargs)
+        x = kwargs[self.local.input]
+        net = pyro.module(f"{self._pyro_name}.encoder", self.encoder(x))
+        size = x.shape[-2]
+        with pyro.plate(self.local.plate, size, subsample_size=kwargs.get("subsample_size")) as idx:
+            loc, scale = net(x[idx])
+            values[self.local.site] = pyro.sample(
+                self.local.site, dist.Normal(loc, scale).to_event(1)
+            )
+        return values
+
+    @torch.no_grad()
+    def latent_means(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's location of q(z | x) for every row of ``x`` (N, K)."""
+        return self.encoder(x)(x)[0]
