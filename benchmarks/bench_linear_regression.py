@@ -82,9 +82,8 @@ def main() -> int:
         f"{zoo_ess / rec['cost']['wall_s']:5.1f}"
     )
     print(f"zoo compare (whole run)  {zoo_wall:8.1f}   {zoo_ess:12.0f}   {zoo_ess / zoo_wall:5.1f}")
-    print(
-        f"bare Pyro NUTS           {bare_wall:8.1f}   {bare_ess:12.0f}   {bare_ess / bare_wall:5.1f}"
-    )
+    bare_rate = bare_ess / bare_wall
+    print(f"bare Pyro NUTS           {bare_wall:8.1f}   {bare_ess:12.0f}   {bare_rate:5.1f}")
 
     print(
         "\nguide        steps  grad evals   wall s   steps/s"

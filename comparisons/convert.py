@@ -44,14 +44,15 @@ def push_forward(
     data: Mapping[str, torch.Tensor],
     *,
     seed: int = 0,
+    mean: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run the likelihood model (the marginal form, see ``Posterior.likelihood_model``)
     vectorized over draws of its global latent sites.
 
     ``latent`` maps latent sites to arrays (S, *shape). Returns, each with S first:
     the deterministic sites, ``log_lik`` (S, N) of the observed site given ``data``, and,
-    where ``data`` lacks the observation, its predictive draws as ``<obs>`` and the model's
-    return value (if it returns a tensor) as ``_mean``.
+    where ``data`` lacks the observation, its predictive draws as ``<obs>`` and, with
+    ``mean``, the model's return value (the regression's mean, (S, N)) as ``_mean``.
     """
     pyro.set_rng_seed(seed)
     total = len(next(iter(latent.values())))
@@ -74,8 +75,8 @@ def push_forward(
                 if posterior.obs_site not in data:
                     event = value.shape[value.dim() - site["fn"].event_dim :]
                     out[name] = value.reshape((num, -1, *event)).numpy()
-        ret = tr.nodes["_RETURN"]["value"]
-        if isinstance(ret, torch.Tensor):
+        if mean:
+            ret = tr.nodes["_RETURN"]["value"]
             out["_mean"] = ret.expand(num, ret.shape[-1]).numpy()
         for k, v in out.items():
             pieces.setdefault(k, []).append(v)
@@ -126,7 +127,7 @@ def to_inference_data(
         rng = np.random.default_rng(seed)
         pick = rng.choice(total, size=num_predictive, replace=total < num_predictive)
         grid_draws = push_forward(
-            posterior, {k: v[pick] for k, v in latent.items()}, grid.data, seed=seed
+            posterior, {k: v[pick] for k, v in latent.items()}, grid.data, seed=seed, mean=True
         )
         predictive = {f"{obs}_grid": grid_draws[obs][None], "mean_grid": grid_draws["_mean"][None]}
         dims[f"{obs}_grid"] = ["grid"]

@@ -14,8 +14,9 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.transforms import biject_to
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
-from pyro.infer.autoguide import init_to_median
+from pyro.infer.autoguide import AutoDelta, init_to_median, init_to_sample, init_to_value
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
@@ -48,6 +49,17 @@ class FitConfig:
     prior draws (Pyro's ``init_to_median``). From the mode a Gaussian guide is a few hundred
     steps from its optimum; from a prior draw it can spend thousands getting there, and a
     plateau test on a noisy ELBO may stop it short of the optimum in a flat direction.
+
+    ``num_starts`` MAP fits (L-BFGS) from different starting points, the best log joint kept,
+    precede a delta or laplace fit and the MAP start of the others: posteriors with several
+    modes (mixtures) need them. None takes the posterior's own number (``Posterior.
+    num_starts``), else 1. The starts come from ``Posterior.init_values(seed + i)`` where the
+    model offers such (a mixture: k-means++ rows as means), else the median of prior draws,
+    then single prior draws.
+
+    ``subsample_size``: rows per SVI step for a model whose data plate takes that keyword
+    (minibatch SVI; the log-likelihood is scaled up by N / size); L-BFGS steps always see
+    every row.
     """
 
     num_steps: int = 10_000
@@ -59,6 +71,8 @@ class FitConfig:
     rtol: float = 1e-6
     clip_norm: float = 10.0
     init: str = "map"
+    num_starts: int | None = None
+    subsample_size: int | None = None
     progress: bool = False
 
 
@@ -158,6 +172,9 @@ def fit(
     elbo_fn = make_elbo(particles, max_plate_nesting, enumerate=enumerate)
     optim = ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm})
     svi = SVI(model, guide, optim, elbo_fn)
+    step_data = dict(data)
+    if config.subsample_size is not None:
+        step_data["subsample_size"] = config.subsample_size
     trace: list[float] = []
     converged = False
     decays = 0
@@ -165,7 +182,7 @@ def fit(
     start = time.perf_counter()
     with tqdm(total=config.num_steps, desc=name, disable=not config.progress, leave=False) as bar:
         for step in range(config.num_steps):
-            loss = svi.step(**data)
+            loss = svi.step(**step_data)
             if not math.isfinite(loss):
                 last = f"{-trace[-1]:.6g}" if trace else "none"
                 raise FitError(
@@ -247,7 +264,14 @@ def fit_lbfgs(
     def closure():
         nonlocal evaluations, last_finite
         opt.zero_grad()
-        loss = elbo_fn.differentiable_loss(model, guide, **data)
+        try:
+            loss = elbo_fn.differentiable_loss(model, guide, **data)
+        except ValueError as exc:  # a line-search trial left a distribution's support
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "ValueError"
+            raise FitError(
+                f"{name}: evaluation {evaluations} failed ({first}); check the scale of the"
+                " data and priors"
+            ) from None
         evaluations += 1
         if not torch.isfinite(loss):
             last = f"{-last_finite:.6g}" if math.isfinite(last_finite) else "none"
@@ -271,7 +295,7 @@ def fit_lbfgs(
                 converged = True
                 break
         with torch.no_grad():
-            final = -float(elbo_fn.differentiable_loss(model, guide, **data))
+            final = -float(elbo_fn.loss(model, guide, **data))
     evaluations += 1
     trace.append(final)
     wall = time.perf_counter() - start
@@ -342,11 +366,13 @@ def fit_guide(
     spec = get_guide(name)
     if config.init not in INITS:
         raise ZooInputError(f"unknown init '{config.init}'; choose one of: {', '.join(INITS)}")
+    init_values, num_starts = None, 1
     if isinstance(model, Posterior):
         post = model
         if data:
             raise ValueError("fit_guide on a Posterior takes its data from it; pass none")
         data, max_plate_nesting = dict(post.data), post.max_plate_nesting
+        init_values, num_starts = post.init_values, post.num_starts
         model = post.model
         if spec.amortized:
             if post.local_model is None:
@@ -356,6 +382,7 @@ def fit_guide(
             model, local, marginal_model = post.local_model, post.local, post.model
     if spec.amortized and local is None:
         raise ZooInputError("guide 'amortized' needs local=LocalLatents(...) (or a Posterior)")
+    num_starts = config.num_starts or num_starts
     hidden = enumerated_sites(model, data)
     guide_model = poutine.block(model, hide=hidden) if hidden else model
     common = {
@@ -364,20 +391,31 @@ def fit_guide(
         "max_plate_nesting": max_plate_nesting,
         "enumerate": bool(hidden),
     }
-    hessian_args = {
+    objective = {
         "loss_model": model,
         "elbo": make_elbo(1, max_plate_nesting, enumerate=bool(hidden)),
     }
-    init_loc_fn = init_to_median(num_samples=15)
-    extra: dict[str, object] = {}
-    if spec.whiten and config.init == "map":
-        if not spec.amortized:
-            extra = _map_start(guide_model, init_loc_fn, spec.name, common, hessian_args, data)
-        elif marginal_model is not None:  # the globals' start, on the marginal form
-            start_args = {"loss_model": marginal_model, "elbo": make_elbo(1, max_plate_nesting)}
-            start_common = {**common, "enumerate": False}
-            extra = _map_start(
-                marginal_model, init_loc_fn, spec.name, start_common, start_args, data
+    if spec.amortized:  # the globals start on the marginal form, where there is one
+        if marginal_model is None:
+            guide_start = None
+        else:
+            guide_start = marginal_model
+            objective = {"loss_model": marginal_model, "elbo": make_elbo(1, max_plate_nesting)}
+            common = {**common, "enumerate": False}
+    else:
+        guide_start = guide_model
+    starts = _starts(init_values, num_starts, seed)
+    init_loc_fn, extra = starts[0], {}
+    if guide_start is not None and (spec.optimizer == "lbfgs" or spec.whiten):
+        if spec.optimizer == "lbfgs" or config.init == "map":
+            point_cls = AutoDelta if spec.name == "delta" else LaplaceGuide
+            init_loc_fn, extra = _best_start(
+                point_cls, guide_start, starts, spec.name, common, objective, data
+            )
+        if spec.whiten and config.init == "map":
+            extra = _merge_cost(
+                extra,
+                _map_start(guide_start, init_loc_fn, spec.name, common, objective, data),
             )
     build_args = dict(options or {})
     if spec.amortized:
@@ -398,13 +436,13 @@ def fit_guide(
     if extra:
         result.grad_evals += extra["grad_evals"]
         result.wall_s += extra["wall_s"]
-        result.info["init"] = extra["note"]
+        result.info["init"] = "; ".join(extra["notes"])
     if spec.amortized:
         result.info["encoder"] = guide.encoder_name
         result.info["global_guide"] = guide.global_guide_name
     if spec.name == "laplace":
         tick = time.perf_counter()
-        result.guide = guide.laplace_approximation(**data, **hessian_args)
+        result.guide = guide.laplace_approximation(**data, **objective)
         result.wall_s += time.perf_counter() - tick
         result.grad_evals += 2 * guide.latent_dim
         result.info["hessian"] = guide.hessian_status
@@ -412,20 +450,91 @@ def fit_guide(
     return result
 
 
-def _map_start(guide_model, init_loc_fn, name, common, hessian_args, data):
+def _starts(init_values, num_starts: int, seed: int) -> list[Callable]:
+    """Per-site init functions of the MAP starts: the model's own starting values for
+    ``seed + i`` where it has them, else the median of prior draws, then prior draws."""
+    median = init_to_median(num_samples=15)
+    if init_values is not None:
+        return [
+            init_to_value(values=dict(init_values(seed + i)), fallback=median)
+            for i in range(num_starts)
+        ]
+    return [median] + [init_to_sample] * (num_starts - 1)
+
+
+def _point(guide) -> dict[str, torch.Tensor]:
+    """The constrained values of a fitted point guide (AutoDelta or a Laplace guide's MAP)."""
+    if isinstance(guide, LaplaceGuide):
+        return {
+            site["name"]: biject_to(site["fn"].support)(value)
+            for site, value in guide._unpack_latent(guide.loc.detach())
+        }
+    return {k: v.detach() for k, v in guide.median().items()}
+
+
+def _best_start(point_cls, guide_model, starts, name, common, objective, data):
+    """With several starts, MAP fits (L-BFGS) from each; the best log joint is kept and
+    returned as the init function of the fit proper. A start whose fit breaks down is
+    skipped (all failing raises the first failure)."""
+    if len(starts) == 1:
+        return starts[0], {}
+    found, failures, evals, wall = [], [], 0, 0.0
+    for i, start in enumerate(starts):
+        pyro.clear_param_store()
+        guide = point_cls(guide_model, init_loc_fn=start)
+        try:
+            fitted = fit_lbfgs(
+                objective["loss_model"],
+                guide,
+                name=f"{name} (start {i + 1})",
+                **{**common, "seed": common["seed"] + i},
+                **data,
+            )
+        except FitError as exc:
+            failures.append(exc)
+            continue
+        evals, wall = evals + fitted.grad_evals, wall + fitted.wall_s
+        found.append((fitted.final_elbo, i, _point(guide)))
+    if not found:
+        raise failures[0]
+    best, index, values = max(found, key=lambda f: f[0])
+    others = sorted((f[0] for f in found), reverse=True)
+    note = (
+        f"best of {len(starts)} MAP starts (start {index + 1}; log joints"
+        f" {', '.join(f'{v:.6g}' for v in others)}"
+        + (f"; {len(failures)} failed" if failures else "")
+        + ")"
+    )
+    return init_to_value(values=values, fallback=init_to_median(num_samples=15)), {
+        "grad_evals": evals,
+        "wall_s": wall,
+        "notes": [note],
+    }
+
+
+def _merge_cost(first: dict, second: dict) -> dict:
+    if not first:
+        return second
+    return {
+        **second,
+        "grad_evals": first["grad_evals"] + second["grad_evals"],
+        "wall_s": first["wall_s"] + second["wall_s"],
+        "notes": first["notes"] + second["notes"],
+    }
+
+
+def _map_start(guide_model, init_loc_fn, name, common, objective, data):
     """MAP point of the unconstrained latent vector (L-BFGS), where the guide will start,
     and the whitening there: ``scale = diag(H)^-1/2`` where the curvature is positive, 1
     elsewhere."""
     pyro.clear_param_store()
     pyro.set_rng_seed(common["seed"])
     point = LaplaceGuide(guide_model, init_loc_fn=init_loc_fn)
-    fitted = fit_lbfgs(
-        hessian_args["loss_model"], point, name=f"{name} (MAP start)", **common, **data
-    )
+    fitted = fit_lbfgs(objective["loss_model"], point, name=f"{name} (MAP start)", **common, **data)
     tick = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the start only needs the diagonal, flat or not
-        curvature = point.hessian(**data, **hessian_args).diagonal()
+        curvature = point.hessian(**data, **objective).diagonal()
     flat = int((curvature <= 0).sum())
     scale = torch.where(
         curvature > 0, curvature.clamp_min(1e-300).rsqrt(), torch.ones_like(curvature)
@@ -437,7 +546,7 @@ def _map_start(guide_model, init_loc_fn, name, common, hessian_args, data):
         "whitening": {"shift": point.loc.detach().clone(), "scale": scale},
         "grad_evals": fitted.grad_evals + 2 * point.latent_dim,
         "wall_s": fitted.wall_s + time.perf_counter() - tick,
-        "note": note,
+        "notes": [note],
     }
 
 

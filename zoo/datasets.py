@@ -29,7 +29,8 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ZooInputError(
-            f"could not read '{path}' as CSV ({first}); give a comma-separated file with a header row"
+            f"could not read '{path}' as CSV ({first}); give a comma-separated file with a"
+            " header row"
         ) from None
     if frame.shape[1] == 0 or frame.shape[0] == 0:
         raise ZooInputError(
@@ -58,7 +59,8 @@ def numeric_columns(frame: pd.DataFrame, columns: Sequence[str], *, what: str) -
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise ZooInputError(
-                f"column '{col}' has a non-numeric value {frame[col].iloc[row]!r} in data row {row + 1};"
+                f"column '{col}' has a non-numeric value {frame[col].iloc[row]!r} in data row"
+                f" {row + 1};"
                 " give numbers only (encode categories as 0/1 columns)"
             )
         arr = values.to_numpy(dtype=np.float64)

@@ -435,7 +435,8 @@ DATASETS: dict[str, DatasetSpec] = {
         "log_weight",
     ),
     "sblri": DatasetSpec(
-        "posteriordb sblri: 100 rows, 5 independent features, no intercept, N(0,10) and HalfNormal(10) priors",
+        "posteriordb sblri: 100 rows, 5 independent features, no intercept,"
+        " N(0,10) and HalfNormal(10) priors",
         lambda seed: vendored_csv("sblri.csv"),
         "y",
         (
@@ -553,7 +554,8 @@ def make_posterior(
     target = target or "y"
     if target not in frame.columns:
         raise ZooInputError(
-            f"target column '{target}' is not in the data; columns are: {', '.join(map(str, frame.columns))}"
+            f"target column '{target}' is not in the data; columns are:"
+            f" {', '.join(map(str, frame.columns))}"
             " (choose one with --target)"
         )
     if features is None:

@@ -104,6 +104,13 @@ class Posterior:
         (mixture components). ``draws`` maps site names to arrays (chain, draw, *shape);
         ``reference`` is None or the reference method's draws in the same form, to match
         labels against. Applied to every method's draws before any summary.
+    init_values : callable, optional
+        ``init_values(seed) -> {site: tensor}``: a model's own starting point for an
+        optimizer (a mixture: k-means++ rows as component means), in constrained space; sites
+        left out start at the median of prior draws. None: no such point.
+    num_starts : int
+        How many starting points an optimizer should try on this posterior, the best kept
+        (more than 1 where there are several modes, as in a mixture).
     row_labels : array (N,), optional
         A known class of each fitted row (digit, species), only to colour plots of
         per-row quantities; never seen by any method.
@@ -137,6 +144,8 @@ class Posterior:
     relabel: Callable[..., Relabelled] | None = None
     accuracy_sites: tuple[str, ...] | None = None
     row_labels: np.ndarray | None = None
+    init_values: Callable[[int], Mapping[str, torch.Tensor]] | None = None
+    num_starts: int = 1
     extra_metrics: Callable[..., dict[str, float]] | None = None
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from zoo import linear_regression
+from zoo import gmm, linear_regression, ppca
 from zoo.errors import ZooInputError
 from zoo.posterior import Posterior
 
@@ -36,7 +36,7 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     "linear_regression": ModelSpec(
         name="linear_regression",
-        summary="Bayesian linear regression with data-scaled weakly informative or conjugate priors",
+        summary="Bayesian linear regression, data-scaled weakly informative or conjugate priors",
         guides=("delta", "laplace", "mean_field", "low_rank", "full_rank", "flow"),
         closed_forms=("exact",),
         datasets={k: v.description for k, v in linear_regression.DATASETS.items()},
@@ -63,6 +63,34 @@ MODELS: dict[str, ModelSpec] = {
             "exact": "'exact' needs the conjugate prior (--prior conjugate) or a known noise"
             " scale (--sigma-known S)"
         },
+    ),
+    "gmm": ModelSpec(
+        name="gmm",
+        summary="Gaussian mixture with diagonal covariances; assignments summed out by enumeration",
+        guides=("delta", "laplace", "mean_field", "full_rank"),
+        closed_forms=("em",),
+        datasets={k: v.description for k, v in gmm.DATASETS.items()},
+        default_dataset="separated",
+        options=("features", "num_components", "test_fraction"),
+        make_posterior=gmm.make_posterior,
+        example=lambda seed: gmm.make_posterior(
+            gmm.simulate(seed, num_components=2, num_data=40, num_features=2)[0],
+            num_components=2,
+        ),
+    ),
+    "ppca": ModelSpec(
+        name="ppca",
+        summary="probabilistic PCA; latents integrated out for NUTS and global guides",
+        guides=("delta", "laplace", "mean_field", "low_rank", "full_rank", "amortized"),
+        closed_forms=("ml", "em"),
+        datasets={k: v.description for k, v in ppca.DATASETS.items()},
+        default_dataset="digits",
+        options=("features", "latent_dim", "test_fraction"),
+        make_posterior=ppca.make_posterior,
+        example=lambda seed: ppca.make_posterior(
+            ppca.simulate(seed, num_data=40, num_features=5, latent_dim=2)[0], latent_dim=2
+        ),
+        closed_form_hints=ppca.CLOSED_FORM_HINTS,
     ),
 }
 

@@ -10,9 +10,8 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from scipy import stats
+from vectorization import log_joint, log_joints, prior_draws
 
 from zoo import linear_regression as lr
 from zoo.errors import ZooInputError
@@ -25,50 +24,6 @@ NUM_DRAWS = 4
 
 def _frame(seed: int = 0, num_data: int = 30, num_features: int = 3, **kwargs) -> pd.DataFrame:
     return lr.simulate(seed, num_data, num_features, **kwargs)[0]
-
-
-def _latent_names(model, data) -> list[str]:
-    trace = poutine.trace(model).get_trace(**data)
-    return [
-        name
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-    ]
-
-
-def _prior_draws(model, data, num_draws: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    names = _latent_names(model, data)
-    prior_data = {k: v for k, v in data.items() if k != "y"}
-    pyro.set_rng_seed(seed)
-    draws = []
-    for _ in range(num_draws):
-        trace = poutine.trace(model).get_trace(**prior_data)
-        draws.append({name: trace.nodes[name]["value"].detach() for name in names})
-    return draws
-
-
-def _log_joint(model, data, values) -> torch.Tensor:
-    trace = poutine.trace(poutine.condition(model, data=values)).get_trace(**data)
-    return trace.log_prob_sum()
-
-
-def _log_joints(model, data, draws) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log joint of each draw, one at a time and all at once in a plate at dim -2."""
-    unbatched = torch.stack([_log_joint(model, data, d) for d in draws])
-    stacked = {k: torch.stack([d[k] for d in draws]).unsqueeze(1) for k in draws[0]}
-    with pyro.plate("draws", len(draws), dim=-2):
-        trace = poutine.trace(poutine.condition(model, data=stacked)).get_trace(**data)
-    trace.compute_log_prob()
-    batched = torch.zeros(len(draws))
-    for site in trace.nodes.values():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        lp = site["log_prob"]
-        lp = lp.reshape((1,) * max(0, 2 - lp.dim()) + lp.shape)
-        # Everything but the draws dim is summed: a site broadcast over an extra dim of size
-        # NUM_DRAWS (a mis-placed batch dim) is then counted NUM_DRAWS times and shows up.
-        batched = batched + lp.movedim(-2, 0).reshape(lp.shape[-2], -1).sum(-1)
-    return unbatched, batched
 
 
 # --------------------------------------------------------------------------- vectorization
@@ -90,9 +45,9 @@ def test_registry_model_vectorizes(options, num_features):
     # STYLE.md pitfall: a batched log joint of 4 prior draws equals the 4 unbatched ones.
     spec = get_model("linear_regression")
     post = spec.make_posterior(_frame(num_features=num_features), **options)
-    draws = _prior_draws(post.model, post.data, NUM_DRAWS, seed=1)
+    draws = prior_draws(post.model, post.data, NUM_DRAWS, seed=1, obs="y")
     assert set(draws[0]) >= {"coef"}
-    unbatched, batched = _log_joints(post.model, post.data, draws)
+    unbatched, batched = log_joints(post.model, post.data, draws)
     assert torch.isfinite(unbatched).all()
     assert len(set(unbatched.tolist())) == NUM_DRAWS  # distinct draws, not one repeated
     # Seen: bitwise equal, with log joints of prior draws up to 5e4 in size.
@@ -129,16 +84,16 @@ def test_vectorization_check_catches_matmul():
         def model(x, y=None, matmul=matmul):
             return _tiny_model(x, y, matmul=matmul)
 
-        draws = _prior_draws(model, data, NUM_DRAWS, seed=1)
-        unbatched, batched = _log_joints(model, data, draws)
+        draws = prior_draws(model, data, NUM_DRAWS, seed=1, obs="y")
+        unbatched, batched = log_joints(model, data, draws)
         if matmul:
             assert not torch.allclose(batched, unbatched, rtol=0, atol=1e-6)
         else:
             torch.testing.assert_close(batched, unbatched, rtol=0, atol=1e-10)
     # ...and a plain x @ coef cannot run batched at all.
-    draws = _prior_draws(_plain_matmul_model, data, NUM_DRAWS, seed=1)
+    draws = prior_draws(_plain_matmul_model, data, NUM_DRAWS, seed=1, obs="y")
     with pytest.raises(RuntimeError):
-        _log_joints(_plain_matmul_model, data, draws)
+        log_joints(_plain_matmul_model, data, draws)
 
 
 # --------------------------------------------------------------------------- exact posterior
@@ -192,7 +147,7 @@ def test_exact_density_is_the_model_posterior(case):
     for i in range(len(beta)):
         s = None if sigma is None else float(sigma[i])
         values = _model_values(post, beta[i], s, center=center, intercept=intercept)
-        log_p = float(_log_joint(post.model, post.data, values))
+        log_p = float(log_joint(post.model, post.data, values))
         if s is None:
             log_q = stats.multivariate_normal(exact.mean, exact.cov).logpdf(beta[i])
         else:
@@ -268,12 +223,12 @@ def test_exact_centered_and_raw_agree():
     for seed in range(5):
         rng = np.random.default_rng(seed)
         beta, sigma = rng.normal(size=4) * 3, float(rng.gamma(2.0))
-        lp_c = _log_joint(
+        lp_c = log_joint(
             centered.model,
             centered.data,
             _model_values(centered, beta, sigma, center=True, intercept=True),
         )
-        lp_r = _log_joint(
+        lp_r = log_joint(
             raw.model, raw.data, _model_values(raw, beta, sigma, center=False, intercept=True)
         )
         assert abs(float(lp_c - lp_r)) < 1e-9
