@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.nn import PyroModule
@@ -22,7 +21,7 @@ GLOBAL_GUIDES = {"delta": WhitenedPoint, "mean_field": WhitenedDiagonalNormal}
 class AmortizedGuide(PyroModule):
     """q(globals) q(z | x): a guide over the global latents (``global_guide``: a point or
     mean-field, over the model with ``local.site`` hidden) and, for every row of the data
-    plate, ``local.site`` ~ Normal(loc(x_n), scale(x_n)) from an encoder network.
+    plate, ``local.site`` ~ a Gaussian q(z_n | x_n) given by an encoder network.
 
     The encoder's cost does not grow with the number of rows: one set of weights serves
     every row, and a new row gets its q(z | x) from one forward pass (the amortization).
@@ -79,6 +78,9 @@ class AmortizedGuide(PyroModule):
             )
         )
         self._encoder: torch.nn.Module | None = None
+        #: While True, the globals are drawn without gradient: an SVI step trains the
+        #: encoder alone (the warm-up of :func:`guides.fit_guide`).
+        self.freeze_globals = False
 
     def encoder(self, x: torch.Tensor) -> torch.nn.Module:
         """The encoder module (built on first use, when the input width is known)."""
@@ -88,18 +90,18 @@ class AmortizedGuide(PyroModule):
         return self._encoder
 
     def forward(self, *args, **kwargs):
-        values = {} if self.globals is None else self.globals(*args, **kwargs)
+        values = {}
+        if self.globals is not None:
+            with torch.set_grad_enabled(not self.freeze_globals):
+                values = self.globals(*args, **kwargs)
         x = kwargs[self.local.input]
         net = pyro.module(f"{self._pyro_name}.encoder", self.encoder(x))
         size = x.shape[-2]
         with pyro.plate(self.local.plate, size, subsample_size=kwargs.get("subsample_size")) as idx:
-            loc, scale = net(x[idx])
-            values[self.local.site] = pyro.sample(
-                self.local.site, dist.Normal(loc, scale).to_event(1)
-            )
+            values[self.local.site] = pyro.sample(self.local.site, net(x[idx]))
         return values
 
     @torch.no_grad()
     def latent_means(self, x: torch.Tensor) -> torch.Tensor:
-        """The encoder's location of q(z | x) for every row of ``x`` (N, K)."""
-        return self.encoder(x)(x)[0]
+        """The mean of q(z | x) for every row of ``x`` (N, K)."""
+        return self.encoder(x)(x).mean

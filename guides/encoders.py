@@ -1,7 +1,7 @@
-"""Encoder networks of amortized guides: x (..., D) -> location and scale of q(z | x) (..., K).
+"""Encoder networks of amortized guides: x (..., D) -> q(z | x), a Gaussian over K latents.
 
 Registered by name in :data:`ENCODERS`. Each is a ``torch.nn.Module`` whose ``forward(x)``
-returns ``(loc, scale)`` with ``scale > 0``.
+returns the distribution q(z | x) with event shape (K,) and batch shape that of the rows.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.nn.functional import softplus
@@ -18,13 +19,14 @@ MIN_SCALE = 1e-5
 
 
 class LinearEncoder(nn.Module):
-    """loc = A x + b, scale = softplus(c): a location linear in x and one diagonal scale
-    shared by every row.
+    """q(z | x) = N(A x + b, L L^T): a location linear in x and one full covariance shared by
+    every row (L lower triangular with a positive diagonal).
 
-    For probabilistic PCA this family holds the exact posterior of z given x whenever the
-    loadings have orthogonal columns (as the ML solution with rotation R = I does):
-    N(M^-1 W^T (x - mean), sigma^2 M^-1) with M = W^T W + sigma^2 I diagonal (Bishop 2006,
-    eq. 12.42).
+    For probabilistic PCA this family holds the exact posterior of z given x for any
+    loadings W: N(M^-1 W^T (x - mean), sigma^2 M^-1) with M = W^T W + sigma^2 I (Bishop
+    2006, eq. 12.42), a mean linear in x and a covariance that does not depend on x. (With a
+    diagonal covariance it would hold it only for loadings with orthogonal columns, as the
+    ML solution with R = I has, and the fit would be pulled toward that rotation.)
     """
 
     def __init__(self, input_dim: int, latent_dim: int):
@@ -33,16 +35,21 @@ class LinearEncoder(nn.Module):
         with torch.no_grad():
             self.linear.weight.normal_(0.0, 0.01)
             self.linear.bias.zero_()
-        self.raw_scale = nn.Parameter(torch.zeros(latent_dim))
+        self.raw_diag = nn.Parameter(torch.zeros(latent_dim))
+        self.off_diag = nn.Parameter(torch.zeros(latent_dim, latent_dim))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def scale_tril(self) -> torch.Tensor:
+        diag = softplus(self.raw_diag) + MIN_SCALE
+        return torch.tril(self.off_diag, diagonal=-1) + torch.diag_embed(diag)
+
+    def forward(self, x: torch.Tensor) -> dist.Distribution:
         loc = self.linear(x)
-        return loc, (softplus(self.raw_scale) + MIN_SCALE).expand_as(loc)
+        return dist.MultivariateNormal(loc, scale_tril=self.scale_tril().expand(*loc.shape, -1))
 
 
 class MLPEncoder(nn.Module):
-    """loc and scale from a multilayer perceptron with ``hidden_dims`` and softplus
-    activations; the scale through a softplus."""
+    """q(z | x) = N(loc(x), diag(scale(x)^2)) from a multilayer perceptron with
+    ``hidden_dims`` and softplus activations (the encoder of a variational autoencoder)."""
 
     def __init__(self, input_dim: int, latent_dim: int, hidden_dims: Sequence[int] = (128, 128)):
         super().__init__()
@@ -55,9 +62,9 @@ class MLPEncoder(nn.Module):
         self.loc = nn.Linear(width, latent_dim)
         self.raw_scale = nn.Linear(width, latent_dim)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dist.Distribution:
         h = self.body(x)
-        return self.loc(h), softplus(self.raw_scale(h)) + MIN_SCALE
+        return dist.Normal(self.loc(h), softplus(self.raw_scale(h)) + MIN_SCALE).to_event(1)
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ class EncoderSpec:
 
 ENCODERS: dict[str, EncoderSpec] = {
     "linear": EncoderSpec(
-        "linear", "location linear in x, one diagonal scale for all rows", LinearEncoder
+        "linear", "location linear in x, one full covariance for all rows", LinearEncoder
     ),
     "mlp": EncoderSpec(
         "mlp", "location and scale from a two-layer perceptron (128 units each)", MLPEncoder

@@ -3,6 +3,7 @@ a NaN guard and the ELBO trace kept (L-BFGS for the deterministic objective of a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -425,12 +426,33 @@ def fit_guide(
     guide = spec.build(
         guide_model, init_loc_fn=init_loc_fn, **extra.pop("whitening", {}), **build_args
     )
+    warmup = None
+    if spec.amortized and guide.globals is not None:
+        # The encoder first learns alone, the globals held at their start: with an encoder
+        # that knows nothing yet, the ELBO pulls the loadings toward zero (the data explained
+        # by noise) faster than the encoder can catch up, and the joint fit crawls back.
+        guide.freeze_globals = True
+        warmup = fit(
+            model,
+            guide,
+            num_particles=spec.num_particles,
+            name=f"{spec.name} (encoder warm-up)",
+            **{**common, "config": dataclasses.replace(config, num_decays=0)},
+            **data,
+        )
+        guide.freeze_globals = False
     if spec.optimizer == "lbfgs":
         result = fit_lbfgs(model, guide, name=spec.name, **common, **data)
     else:
         result = fit(
             model, guide, num_particles=spec.num_particles, name=spec.name, **common, **data
         )
+    if warmup is not None:
+        result.elbo = np.concatenate([warmup.elbo, result.elbo])
+        result.steps += warmup.steps
+        result.grad_evals += warmup.grad_evals
+        result.wall_s += warmup.wall_s
+        result.info["warmup_steps"] = warmup.steps
     result.name = spec.name
     result.hidden = tuple(hidden)
     if extra:
