@@ -58,7 +58,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"], help="device for the neural models"
     )
-    p.add_argument("--num-components", type=int, help="number of mixture components (gmm)")
+    p.add_argument(
+        "--num-components",
+        help="number of mixture components (gmm); several, as 1,2,3 or 1-5, compare them"
+        " (ELPD, ELBO, BIC)",
+    )
     p.add_argument("--latent-dim", type=int, help="latent dimension (ppca, vae, two_level_vae)")
     p.add_argument(
         "--test-fraction",
@@ -142,7 +146,7 @@ def _list() -> str:
     return "\n".join(lines)
 
 
-def _posterior(args: argparse.Namespace):
+def _posterior(args: argparse.Namespace, **overrides):
     spec = get_model(args.model)
     options = {}
     for dest, key in MODEL_FLAGS.items():
@@ -155,6 +159,7 @@ def _posterior(args: argparse.Namespace):
                 f"{flag} does not apply to {spec.name}; see zoo {args.command} --help"
             )
         options[key] = value
+    options.update(overrides)
     if args.device != "cpu":
         raise ZooInputError(
             f"--device {args.device} is for the neural models; {spec.name} runs on cpu"
@@ -174,9 +179,20 @@ def _posterior(args: argparse.Namespace):
 def _run(args: argparse.Namespace) -> int:
     from comparisons.compare import compare
     from comparisons.runners import PRESETS, resolve_methods
+    from comparisons.select import parse_ks
 
     if args.preset not in PRESETS:
         raise ZooInputError(f"unknown preset '{args.preset}'; choose one of: {', '.join(PRESETS)}")
+    ks = None
+    if args.num_components is not None:
+        ks = parse_ks(args.num_components)
+        if len(ks) > 1:
+            if args.command != "compare":
+                raise ZooInputError(
+                    "zoo fit takes one --num-components; compare several with zoo compare"
+                )
+            return _select(args, ks)
+        args.num_components = ks[0]
     spec, posterior = _posterior(args)
     stem = Path(posterior.dataset).stem
     if args.command == "fit":
@@ -199,6 +215,38 @@ def _run(args: argparse.Namespace) -> int:
     )
     for method, record in result.results["methods"].items():
         print(f"{method:<11} {record['cost']['wall_s']:7.1f} s  {record.get('verdict', '')}")
+    print(f"report: {out_dir / 'index.html'}")
+    return 0
+
+
+def _select(args: argparse.Namespace, ks: list[int]) -> int:
+    from comparisons.runners import resolve_methods
+    from comparisons.select import select_components
+
+    spec = get_model(args.model)
+    if "num_components" not in spec.options:
+        raise ZooInputError(
+            f"--num-components does not apply to {spec.name}; see zoo {args.command} --help"
+        )
+    args.num_components = None
+    spec, first = _posterior(args, num_components=ks[0])
+    if args.reference not in (None, "nuts"):
+        raise ZooInputError("choosing K judges every method against NUTS; drop --reference")
+    methods = None if args.methods is None else resolve_methods(first, args.methods)
+    out_dir = args.out_dir or Path("reports") / f"{spec.name}-{Path(first.dataset).stem}-k"
+    result = select_components(
+        lambda k: first if k == ks[0] else _posterior(args, num_components=k)[1],
+        ks,
+        methods=methods,
+        seed=args.seed,
+        preset=args.preset,
+        out_dir=out_dir,
+        progress=args.progress,
+    )
+    for method, record in result.results["methods"].items():
+        print(f"{method:<15} {record['cost']['wall_s']:7.1f} s  {record.get('verdict', '')}")
+    chosen = result.results["selection"]["chosen"]
+    print("chosen K: " + ", ".join(f"{k} {v}" for k, v in chosen.items()))
     print(f"report: {out_dir / 'index.html'}")
     return 0
 

@@ -40,8 +40,14 @@ class Comparison:
 
 
 def default_reference(posterior: Posterior, methods: list[str]) -> str:
-    """``exact`` where the posterior has it, else ``nuts`` (DESIGN.md section 5)."""
-    return "exact" if "exact" in posterior.closed_forms else "nuts"
+    """The best reference at hand (DESIGN.md section 5): ``exact`` where the posterior has
+    it, else ``nuts`` unless the methods leave it out (PPCA on digits), then the first closed
+    form (``ml``)."""
+    if "exact" in posterior.closed_forms:
+        return "exact"
+    if "nuts" in methods or not posterior.closed_forms:
+        return "nuts"
+    return next(iter(posterior.closed_forms))
 
 
 def versions() -> dict[str, str]:
@@ -119,6 +125,8 @@ def _record(
         )
     if run.method == "nuts":
         diagnostics.update(M.nuts_diagnostics(idata, sites))
+        if posterior.identified is not None:
+            diagnostics.update(M.identified_diagnostics(posterior.identified(run.draws)))
         met["ess_per_s"] = diagnostics["ess_bulk_min"] / max(cost["wall_s"], 1e-9)
     if run.log_weights is not None:
         khat, ess = M.psis_khat(run.log_weights)

@@ -93,7 +93,8 @@ def accuracy(
     ref_mcse: Mapping[str, float],
 ) -> dict[str, float]:
     """Mean z and sd ratio against the reference, with the reference's own MC error on the
-    z scale (``ref_mcse_z_max``: a |mean z| below about twice it is noise)."""
+    z scale (``ref_mcse_z_max``: a |mean z| below about twice it is noise); empty against a
+    point reference, which has no sd."""
     z, ratio, noise = [], [], []
     for label, (m_ref, s_ref) in ref.items():
         if label not in stats or not s_ref > 0:
@@ -102,6 +103,8 @@ def accuracy(
         ratio.append(stats[label]["sd"] / s_ref)
         if label in ref_mcse:
             noise.append(ref_mcse[label] / s_ref)
+    if not z:  # a point reference (ml, em) has no sd to measure against
+        return {}
     out = {
         "max_abs_mean_z": float(max(z)),
         "sd_ratio_min": float(min(ratio)),
@@ -150,10 +153,39 @@ def nuts_diagnostics(idata: az.InferenceData, sites: Sequence[str]) -> dict[str,
         bulk = labelled(_as_idata(az.ess(idata, var_names=list(sites), method="bulk")), sites)
         tail = labelled(_as_idata(az.ess(idata, var_names=list(sites), method="tail")), sites)
     return {
-        "r_hat_max": float(max(np.ravel(v)[0] for v in rhat.values())),
-        "ess_bulk_min": float(min(np.ravel(v)[0] for v in bulk.values())),
-        "ess_tail_min": float(min(np.ravel(v)[0] for v in tail.values())),
+        "r_hat_max": _over(np.nanmax, rhat),
+        "ess_bulk_min": _over(np.nanmin, bulk),
+        "ess_tail_min": _over(np.nanmin, tail),
     }
+
+
+def _over(reduce, values: Mapping[str, np.ndarray]) -> float:
+    """``reduce`` over scalars, leaving out those a constant makes NaN (the one weight of a
+    mixture with K = 1); NaN if every one is."""
+    flat = np.array([np.ravel(v)[0] for v in values.values()], dtype=float)
+    return float(reduce(flat)) if np.isfinite(flat).any() else math.nan
+
+
+def identified_diagnostics(draws: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """R-hat and bulk ESS over functions of the parameters that the data identify, given as
+    arrays (chain, draw, *shape)."""
+    dataset = az.convert_to_dataset({k: np.asarray(v) for k, v in draws.items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rhat = az.rhat(dataset)
+        bulk = az.ess(dataset, method="bulk")
+    return {
+        "r_hat_max_identified": _over(np.nanmax, {v: np.nanmax(rhat[v].values) for v in rhat}),
+        "ess_bulk_min_identified": _over(np.nanmin, {v: np.nanmin(bulk[v].values) for v in bulk}),
+    }
+
+
+def _number(value) -> float:
+    """A diagnostic as a float; results.json spells non-finite ones as strings."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def verdict(method: str, record: Mapping[str, Mapping], *, reference: str | None) -> str:
@@ -163,18 +195,24 @@ def verdict(method: str, record: Mapping[str, Mapping], *, reference: str | None
         return f"failed: {diag.get('error', '')}"
     notes = []
     if method == "nuts":
-        ok = (
-            diag.get("r_hat_max", 9) < 1.01
-            and diag.get("divergences", 1) == 0
-            and diag.get("ess_bulk_min", 0) > 400
-        )
+        # Where raw parameters are not identified (rotations of PPCA's loadings), NUTS is
+        # judged on the identified quantities, and the raw R-hat is said beside them.
+        suffix = "_identified" if "r_hat_max_identified" in diag else ""
+        rhat = _number(diag.get(f"r_hat_max{suffix}", math.nan))
+        ess = _number(diag.get(f"ess_bulk_min{suffix}", 0))
+        ok = rhat < 1.01 and diag.get("divergences", 1) == 0 and ess > 400
+        on = " of identified quantities" if suffix else ""
         notes.append(
-            "converged (R-hat < 1.01, no divergences, bulk ESS > 400)"
+            f"converged (R-hat{on} < 1.01, no divergences, bulk ESS > 400)"
             if ok
-            else f"check convergence: R-hat {diag.get('r_hat_max', float('nan')):.3f}, "
-            f"{diag.get('divergences', 0)} divergences, "
-            f"bulk ESS {diag.get('ess_bulk_min', 0):.0f}"
+            else f"check convergence: R-hat{on} {rhat:.3f}, "
+            f"{diag.get('divergences', 0)} divergences, bulk ESS {ess:.0f}"
         )
+        if suffix:
+            notes.append(
+                f"raw parameters R-hat {_number(diag.get('r_hat_max')):.3f} (not"
+                " identified: the sampler wanders over their symmetry)"
+            )
     if "hessian" in diag and diag["hessian"] != "positive definite":
         notes.append(f"Hessian {diag['hessian'].split(':')[0]}")
     if diag.get("converged") is False:

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import gaussian_kde  # noqa: E402
 
+from comparisons.figures import MODEL_FIGURES, plot_selection  # noqa: E402
 from comparisons.metrics import KHAT_BAD, labelled  # noqa: E402
 from zoo import ZooInputError  # noqa: E402
 
@@ -236,14 +237,32 @@ TABLE = [
 ]
 
 
+def _one_k(results: dict, idatas: dict[str, az.InferenceData]) -> tuple[dict, dict]:
+    """The results and InferenceData of one K of a selection, method names without -k<K>."""
+    chosen = results["selection"]["chosen"]
+    k = chosen.get("elpd_loo", next(iter(chosen.values()), None))
+    suffix = f"-k{k}"
+    methods = {
+        m[: -len(suffix)]: rec for m, rec in results["methods"].items() if m.endswith(suffix)
+    }
+    subset = {m[: -len(suffix)]: i for m, i in idatas.items() if m.endswith(suffix)}
+    return {**results, "methods": methods, "shown_k": k}, subset
+
+
 def render(out_dir: str | Path) -> Path:
     """Draw the figures and write index.html in ``out_dir`` from its results.json and .nc files."""
     out_dir = Path(out_dir)
     results, idatas = load(out_dir)
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
+    sections: list[tuple[str, str, str]] = []
+    page_results = results
+    if "selection" in results:
+        # Choosing K: the criteria first, then the figures of one K (the ELPD's choice, else
+        # the first criterion's), its methods under their own names.
+        sections += plot_selection(results, fig_dir)
+        results, idatas = _one_k(results, idatas)
     sites = _meta(next(iter(idatas.values())))["sites"] if idatas else []
-    sections: list[str] = []
     if idatas:
         plot_marginals(results, idatas, sites, fig_dir / "marginals.png")
         sections.append(
@@ -304,7 +323,9 @@ def render(out_dir: str | Path) -> Path:
                     "uncertainty of the parameters, wider away from the data.",
                 )
             )
-    page = _page(results, sections, fig_dir)
+    for plot in MODEL_FIGURES.get(results["model"], ()):
+        sections += plot(results, idatas, fig_dir)
+    page = _page(page_results, sections, fig_dir)
     target = out_dir / "index.html"
     tmp = out_dir / ".index.html.tmp"
     tmp.write_text(page)
@@ -312,17 +333,86 @@ def render(out_dir: str | Path) -> Path:
     return target
 
 
+#: Metrics with a column of their own, or none (said in the text instead).
+_NOT_COLUMNS = {"elpd_loo_se", "ref_mcse_z_max"}
+
+
+def _columns(results: dict) -> list[tuple[str, str, str]]:
+    """The table's columns: the common ones, then the model's own metrics that appear."""
+    shown = {k for _, _, k in TABLE} | _NOT_COLUMNS
+    extra = []
+    for rec in results["methods"].values():
+        for key in rec.get("metrics", {}):
+            if key not in shown and key not in extra:
+                extra.append(key)
+    return TABLE + [(key.replace("_", " "), "metrics", key) for key in extra]
+
+
+def _selection_html(results: dict) -> str:
+    selection = results.get("selection")
+    if not selection:
+        return ""
+    rows = "".join(
+        "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
+            r["k"],
+            _fmt(r.get("elpd_loo")),
+            _fmt(r.get("elpd_loo_se")),
+            _fmt(r.get("elbo")),
+            _fmt(r.get("bic")),
+        )
+        for r in selection["criteria"]
+    )
+    compare_rows = "".join(
+        f"<tr><th>{t['k']}</th><td>{t['rank']}</td><td>{_fmt(t['elpd_diff'])}</td>"
+        f"<td>{_fmt(t['dse'])}</td><td>{_fmt(t['weight'])}</td></tr>"
+        for t in selection.get("loo_compare", [])
+    )
+    chosen = ", ".join(f"{html.escape(k)}: K = {v}" for k, v in selection["chosen"].items())
+    out = (
+        "<h2>Number of components</h2>"
+        f"<p>Chosen: {chosen}. The figures below are those of K = {results.get('shown_k')}."
+        " elpd_loo_one_se: the smallest K whose ELPD is within one standard error of the"
+        " difference (dse) of the best.</p>"
+        "<table><tr><th>K</th><th>elpd LOO</th><th>se</th><th>ELBO (mean-field)</th>"
+        f"<th>BIC (EM)</th></tr>{rows}</table>"
+    )
+    if compare_rows:
+        out += (
+            "<p>ArviZ <code>compare</code> of the NUTS fits (PSIS-LOO):</p><table><tr>"
+            "<th>K</th><th>rank</th><th>elpd diff</th><th>dse</th><th>weight</th></tr>"
+            f"{compare_rows}</table>"
+        )
+    return out
+
+
+def _label_swaps_html(results: dict) -> str:
+    swaps = {
+        m: rec["diagnostics"]["label_swaps_per_chain"]
+        for m, rec in results["methods"].items()
+        if "label_swaps_per_chain" in rec.get("diagnostics", {}) and m.startswith("nuts")
+    }
+    if not swaps:
+        return ""
+    said = "; ".join(f"{html.escape(m)}: {html.escape(str(v))}" for m, v in swaps.items())
+    return (
+        f"<p>Label swaps per chain (consecutive draws whose component order changed, undone by "
+        f"relabelling before any summary): {said}. An optimizer or a guide sits in one of the "
+        "K! symmetric modes and makes none.</p>"
+    )
+
+
 def _page(results: dict, sections, fig_dir: Path) -> str:
     ref = results.get("reference")
     rows = []
+    columns = _columns(results)
     for m, rec in results["methods"].items():
-        cells = "".join(f"<td>{_fmt(rec.get(g, {}).get(k))}</td>" for _, g, k in TABLE)
+        cells = "".join(f"<td>{_fmt(rec.get(g, {}).get(k))}</td>" for _, g, k in columns)
         cls = ' class="failed"' if rec["diagnostics"].get("status") == "failed" else ""
         rows.append(
             f"<tr{cls}><th>{html.escape(m)}</th>{cells}<td class=v>"
             f"{html.escape(rec.get('verdict', ''))}</td></tr>"
         )
-    head = "".join(f"<th>{h}</th>" for h, _, _ in TABLE)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, _, _ in columns)
     diag_rows = []
     for m, rec in results["methods"].items():
         d = ", ".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in rec["diagnostics"].items())
@@ -350,7 +440,7 @@ def _page(results: dict, sections, fig_dir: Path) -> str:
         f"Accuracy is measured against <b>{html.escape(ref)}</b>: mean z = |mean - "
         "mean<sub>ref</sub>| / sd<sub>ref</sub>, sd ratio = sd / sd<sub>ref</sub>."
         if ref
-        else "<b>No reference</b>: the reference method failed."
+        else "<b>No reference</b>: nothing is judged (zoo fit), or the reference failed."
     )
     mcse = [rec["metrics"].get("ref_mcse_z_max") for rec in results["methods"].values()]
     mcse = [v for v in mcse if v is not None]
@@ -382,6 +472,8 @@ point); elpd LOO: PSIS leave-one-out; PSIS k: how far the guide is from the post
 per second for a guide.</p>
 <table><tr><th>method</th>{head}<th>verdict</th></tr>{"".join(rows)}</table>
 {warnings_html}
+{_label_swaps_html(results)}
+{_selection_html(results)}
 <h2>Diagnostics</h2>
 <table>{"".join(diag_rows)}</table>
 {figs}

@@ -267,7 +267,9 @@ def resolve_methods(posterior: Posterior, names: list[str] | None) -> list[str]:
     """Check requested method names (aliases allowed) against the posterior, clearly."""
     available = available_methods(posterior)
     if names is None:
-        return list(available)
+        if posterior.default_methods is None:
+            return list(available)
+        return [m for m in available if m in posterior.default_methods]
     spec = get_model(posterior.model_name)
     resolved: list[str] = []
     known = {"nuts", "exact", "ml", "em", *GUIDES, "map"}

@@ -111,6 +111,15 @@ class Posterior:
     num_starts : int
         How many starting points an optimizer should try on this posterior, the best kept
         (more than 1 where there are several modes, as in a mixture).
+    default_methods : tuple of str, optional
+        The methods a comparison runs when none are named; None: all that apply. A posterior
+        on which one would take hours (NUTS on PPCA of digits) leaves it out and says why in
+        its ``description``.
+    identified : callable, optional
+        ``identified(draws) -> {name: array}``: functions of the global sites that the data
+        identify, from draws with leading (chain, draw) axes, kept in the result. Where raw
+        sites are not identified (PPCA's loadings: any rotation), NUTS convergence is judged
+        on these (e.g. the covariance W W^T + sigma^2 I).
     row_labels : array (N,), optional
         A known class of each fitted row (digit, species), only to colour plots of
         per-row quantities; never seen by any method.
@@ -146,6 +155,8 @@ class Posterior:
     row_labels: np.ndarray | None = None
     init_values: Callable[[int], Mapping[str, torch.Tensor]] | None = None
     num_starts: int = 1
+    default_methods: tuple[str, ...] | None = None
+    identified: Callable[..., dict[str, np.ndarray]] | None = None
     extra_metrics: Callable[..., dict[str, float]] | None = None
 
     @property

@@ -89,6 +89,9 @@ CLOSED_FORM_HINTS = {
 }
 
 
+#: Rows x latent parameters above which NUTS is left out of the default methods.
+NUTS_BUDGET = 100_000
+
 # --------------------------------------------------------------------------- priors
 
 
@@ -882,6 +885,26 @@ def make_posterior(
         "prior": priors.describe(names),
         "rows": f"{len(train)} fitted, {len(test)} held out",
     }
+    default_methods = None
+    num_latent = num_features * latent_dim + num_features + 1
+    if len(x) * num_latent > NUTS_BUDGET:
+        # NUTS wanders over the rotations of W with trees of depth ~7 (seen on iris and
+        # simulated data); at digits' 1797 rows and 385 parameters a gradient takes ~6 ms,
+        # so a run takes hours. It stays available by name.
+        default_methods = (
+            "ml",
+            "em",
+            "delta",
+            "laplace",
+            "mean_field",
+            "low_rank",
+            "full_rank",
+            "amortized",
+        )
+        description["methods"] = (
+            f"nuts left out of the defaults ({len(x)} rows x {num_latent} parameters; expect"
+            " hours): ask for it with --methods nuts,..."
+        )
     return Posterior(
         model_name="ppca",
         dataset=dataset_name,
@@ -902,7 +925,18 @@ def make_posterior(
         accuracy_sites=("mean", "sigma"),
         row_labels=row_labels,
         extra_metrics=functools.partial(covariance_metrics, latent_dim=latent_dim, truth=truth),
+        default_methods=default_methods,
+        identified=identified,
     )
+
+
+def identified(draws: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the data identify, from draws with any leading axes: the covariance
+    C = W W^T + sigma^2 I (its upper triangle, as ``cov``), the mean and sigma; W itself only
+    up to rotation."""
+    cov = covariance(draws["loadings"], draws["sigma"])
+    upper = np.triu_indices(cov.shape[-1])
+    return {"cov": cov[..., upper[0], upper[1]], "mean": draws["mean"], "sigma": draws["sigma"]}
 
 
 def _num_params(num_features: int, latent_dim: int) -> int:

@@ -9,16 +9,14 @@ import html
 import json
 import shutil
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import arviz as az
-import jsonschema
 import numpy as np
 import pyro
 import pytest
 import torch
+from helpers import TINY, numerics, validate
 from scipy import stats
 
 import comparisons.runners as runners
@@ -26,19 +24,6 @@ from comparisons import Preset, compare
 from comparisons.report import render
 from guides import FitConfig, FitError
 from zoo import linear_regression as lr
-
-SCHEMA_PATH = Path(__file__).resolve().parents[3] / "shared" / "results.schema.json"
-
-#: Enough work for every code path, far too little for accuracy: these tests check plumbing
-#: and exact identities (reference = itself, point = no spread), never closeness.
-TINY = Preset(
-    "tiny",
-    num_chains=2,
-    num_warmup=60,
-    num_samples=60,
-    num_draws=300,
-    fit=FitConfig(num_steps=200, min_steps=100, window=50),
-)
 
 FIGURES = {
     "marginals.png",
@@ -58,36 +43,11 @@ PARETO_WARNING = "Estimated shape parameter of Pareto distribution"
 # --------------------------------------------------------------------------- helpers
 
 
-@contextmanager
-def _numerics() -> Iterator[None]:
-    """The settings of tests/conftest.py, for module-scoped fixtures, which pytest sets up
-    before that function-scoped fixture runs."""
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    pyro.enable_validation(True)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    try:
-        yield
-    finally:
-        pyro.clear_param_store()
-        torch.set_num_threads(threads)
-        torch.set_default_dtype(dtype)
-
-
 def _posterior():
     """40 fitted and 10 held-out rows of a simulated regression with the conjugate prior,
     so that ``exact`` is the reference."""
     frame, truth = lr.simulate(0, 50, 2, correlation=0.5)
     return lr.make_posterior(frame, prior="conjugate", test_fraction=0.2, seed=0, truth=truth)
-
-
-def _validate(results: dict) -> None:
-    assert SCHEMA_PATH.is_file(), f"results schema not found at {SCHEMA_PATH}"
-    schema = json.loads(SCHEMA_PATH.read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    jsonschema.Draft202012Validator(schema).validate(results)
 
 
 def _timeless(results: dict) -> dict:
@@ -113,7 +73,7 @@ def _loo(idata: az.InferenceData):
 def ran(tmp_path_factory) -> tuple[Path, dict]:
     """Every method that applies, seed 0, written to an out-dir; results.json as read back."""
     out_dir = tmp_path_factory.mktemp("compare") / "out"
-    with _numerics():
+    with numerics():
         compare(_posterior(), preset=TINY, seed=0, out_dir=out_dir)
     return out_dir, json.loads((out_dir / "results.json").read_text())
 
@@ -121,7 +81,7 @@ def ran(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture(scope="module")
 def ran_nuts_reference() -> dict:
     """NUTS as the reference, another seed, nothing written."""
-    with _numerics():
+    with numerics():
         return compare(
             _posterior(), methods=["nuts", "mean_field"], reference="nuts", preset=TINY, seed=1
         ).results
@@ -153,7 +113,7 @@ def test_out_dir_holds_report_results_netcdf_and_figures(ran):
 
 def test_results_json_validates_against_the_schema(ran):
     _, results = ran
-    _validate(results)
+    validate(results)
     assert results["reference"] == "exact"
     assert (results["num_data"], results["num_test"], results["seed"]) == (40, 10, 0)
     assert results["preset"] == "tiny"
@@ -214,7 +174,7 @@ def test_every_method_has_a_log_likelihood_group_that_loo_can_use(ran):
 
 def test_same_seed_gives_the_same_results(ran):
     out_dir, results = ran
-    with _numerics():
+    with numerics():
         again = compare(_posterior(), preset=TINY, seed=0)
     # Through JSON, as results.json holds it (tuples become lists, numpy scalars floats).
     assert _timeless(json.loads(json.dumps(again.results))) == _timeless(results)
@@ -351,7 +311,7 @@ def test_a_failing_method_is_recorded_and_the_others_still_run(tmp_path, monkeyp
         out_dir=out_dir,
     )
     results = json.loads((out_dir / "results.json").read_text())
-    _validate(results)
+    validate(results)
     assert list(results["methods"]) == ["exact", "delta", "mean_field", "laplace"]
     failed = results["methods"]["mean_field"]
     assert failed["diagnostics"] == {"status": "failed", "error": message}

@@ -1,0 +1,192 @@
+"""Choosing the number of mixture components: one comparison per K, judged by ELPD (PSIS-LOO
+with ArviZ's ``compare``), by the ELBO and by BIC.
+
+>>> result = select_components(make, [1, 2, 3, 4], out_dir="reports/k")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import arviz as az
+
+from comparisons.compare import (
+    Comparison,
+    _atomic_write_text,
+    _check_writable,
+    compare,
+    write,
+)
+from comparisons.runners import Preset
+from zoo import Posterior, ZooInputError
+
+logger = logging.getLogger(__name__)
+
+#: What a K-selection runs by default: NUTS for ELPD, mean-field for the ELBO, EM for BIC.
+SELECTION_METHODS = ("em", "nuts", "mean_field")
+
+
+def method_key(method: str, k: int) -> str:
+    """The name of a method fitted with K components in a selection's results."""
+    return f"{method}-k{k}"
+
+
+def select_components(
+    make_posterior: Callable[[int], Posterior],
+    ks: Sequence[int],
+    *,
+    methods: Sequence[str] | None = None,
+    seed: int = 0,
+    preset: str | Preset = "full",
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+) -> Comparison:
+    """Compare numbers of components K by three criteria, one comparison per K.
+
+    Parameters
+    ----------
+    make_posterior : callable
+        ``make_posterior(k)``: the posterior with K components (same data for every K).
+    ks : sequence of int
+        The K to compare, each at least 1, no repeats.
+    methods : sequence of str, optional
+        Methods run for every K (default ``em``, ``nuts``, ``mean_field``: what the
+        criteria need). NUTS is each K's reference.
+
+    Returns
+    -------
+    Comparison
+        ``results["methods"]`` holds every method as ``<method>-k<K>``; ``results["selection"]``
+        the criteria per K (``elpd_loo`` with its standard error from NUTS, ``elbo`` of
+        mean-field, ``bic`` of EM), the K each prefers and ArviZ's ``compare`` table.
+    """
+    ks = [int(k) for k in ks]
+    if len(set(ks)) != len(ks):
+        raise ZooInputError("a number of components is listed twice; list each K once")
+    if len(ks) < 2:
+        raise ZooInputError("choosing K needs at least two values, e.g. --num-components 1,2,3")
+    methods = list(methods or SELECTION_METHODS)
+    if out_dir is not None:
+        _check_writable(Path(out_dir))
+    posteriors = {k: make_posterior(k) for k in ks}  # bad input fails before any fit
+    start = time.perf_counter()
+    per_k: dict[int, Comparison] = {}
+    for k, post in posteriors.items():
+        logger.info("K = %d", k)
+        per_k[k] = compare(
+            post,
+            methods=methods,
+            reference="nuts" if "nuts" in methods else "none",
+            seed=seed,
+            preset=preset,
+            progress=progress,
+        )
+    records, idatas = {}, {}
+    for k, comparison in per_k.items():
+        for method, record in comparison.results["methods"].items():
+            records[method_key(method, k)] = record
+        for method, idata in comparison.idata.items():
+            idatas[method_key(method, k)] = idata
+    first = per_k[ks[0]].results
+    results = {
+        **{key: first[key] for key in ("schema", "model", "dataset", "num_data", "num_test")},
+        "seed": seed,
+        "preset": first["preset"],
+        "reference": "nuts" if "nuts" in methods else None,
+        "versions": first["versions"],
+        "posterior": {
+            **{k: v for k, v in first["posterior"].items() if k != "components"},
+            "components": ", ".join(str(k) for k in ks),
+            "selection": "each <method>-k<K> is judged against nuts-k<K>",
+        },
+        "methods": records,
+        "selection": criteria(per_k),
+        "timings": {"total_s": time.perf_counter() - start},
+    }
+    if "truth" in first:
+        results["truth"] = first["truth"]
+    comparison = Comparison(results=results, idata=idatas)
+    if out_dir is not None:
+        comparison.out_dir = write(comparison, Path(out_dir))
+        _atomic_write_text(Path(out_dir) / "results.json", json.dumps(results, indent=2))
+    return comparison
+
+
+def criteria(per_k: dict[int, Comparison]) -> dict:
+    """ELPD (PSIS-LOO of NUTS), ELBO (mean-field) and BIC (EM) per K, and the K each picks.
+
+    ELPD: the largest, with ArviZ's ``compare`` giving each K's difference from the best
+    and its standard error (``dse``); the smallest K within one ``dse`` of the best is also
+    given, the usual parsimonious reading. ELBO: the largest (a lower bound on log evidence,
+    so differences below its gap to the evidence are not decisive). BIC: the smallest.
+    """
+    rows = []
+    loo_inputs = {}
+    for k, comparison in per_k.items():
+        recs = comparison.results["methods"]
+        row: dict[str, float | int] = {"k": k}
+        nuts = recs.get("nuts", {})
+        if "elpd_loo" in nuts.get("metrics", {}):
+            row["elpd_loo"] = nuts["metrics"]["elpd_loo"]
+            row["elpd_loo_se"] = nuts["metrics"].get("elpd_loo_se", math.nan)
+            loo_inputs[f"k{k}"] = comparison.idata["nuts"]
+        mean_field = recs.get("mean_field", {}).get("diagnostics", {})
+        if isinstance(mean_field.get("final_elbo"), float | int):
+            row["elbo"] = float(mean_field["final_elbo"])
+        em = recs.get("em", {}).get("diagnostics", {})
+        if isinstance(em.get("bic"), float | int):
+            row["bic"] = float(em["bic"])
+        rows.append(row)
+    chosen: dict[str, int] = {}
+    table: list[dict] = []
+    for key, best in (("elpd_loo", max), ("elbo", max), ("bic", min)):
+        have = [r for r in rows if key in r]
+        if have:
+            chosen[key] = int(best(have, key=lambda r: r[key])["k"])
+    if len(loo_inputs) >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pareto-k warnings: loo_khat_* say it per method
+            frame = az.compare(loo_inputs, ic="loo")
+        for name, entry in frame.iterrows():
+            table.append(
+                {
+                    "k": int(str(name)[1:]),
+                    "rank": int(entry["rank"]),
+                    "elpd_loo": float(entry["elpd_loo"]),
+                    "elpd_diff": float(entry["elpd_diff"]),
+                    "dse": float(entry["dse"]),
+                    "weight": float(entry["weight"]),
+                }
+            )
+        within = [t["k"] for t in table if t["elpd_diff"] <= t["dse"]]
+        chosen["elpd_loo_one_se"] = int(min(within))
+    return {"criteria": rows, "chosen": chosen, "loo_compare": table}
+
+
+def parse_ks(text: str) -> list[int]:
+    """``"3"`` or ``"1,2,3"`` (or ``"1-5"``) as a list of whole numbers >= 1."""
+    ks: list[int] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                ks.extend(range(lo, hi + 1))
+            else:
+                ks.append(int(part))
+        except ValueError:
+            raise ZooInputError(
+                f"--num-components takes whole numbers, as 3 or 1,2,3 or 1-5; got '{text}'"
+            ) from None
+    if not ks or any(k < 1 for k in ks):
+        raise ZooInputError(
+            f"--num-components needs whole numbers >= 1, as 3 or 1,2,3; got '{text}'"
+        )
+    return ks

@@ -1,0 +1,55 @@
+"""What the comparison tests share: the numerics of tests/conftest.py for module-scoped
+fixtures, the results.json schema check, and a preset that exercises every code path."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import jsonschema
+import pyro
+import torch
+
+from comparisons import Preset
+from guides import FitConfig
+
+SCHEMA_PATH = Path(__file__).resolve().parents[3] / "shared" / "results.schema.json"
+
+#: Enough work for every code path, far too little for accuracy: tests with it check
+#: plumbing and exact identities (reference = itself, point = no spread), never closeness.
+TINY = Preset(
+    "tiny",
+    num_chains=2,
+    num_warmup=60,
+    num_samples=60,
+    num_draws=300,
+    fit=FitConfig(num_steps=200, min_steps=100, window=50),
+)
+
+
+@contextmanager
+def numerics() -> Iterator[None]:
+    """The settings of tests/conftest.py, for module-scoped fixtures, which pytest sets up
+    before that function-scoped fixture runs."""
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    pyro.enable_validation(True)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    try:
+        yield
+    finally:
+        pyro.clear_param_store()
+        torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+
+
+def validate(results: dict) -> None:
+    """results.json (as a dict) against ../shared/results.schema.json."""
+    assert SCHEMA_PATH.is_file(), f"results schema not found at {SCHEMA_PATH}"
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.Draft202012Validator(schema).validate(results)
