@@ -19,8 +19,8 @@ from pyro import poutine
 from comparisons.runners import MethodRun
 from zoo import Posterior
 
-#: Draws pushed through the model in one vectorized trace (bounds memory at draws x rows).
-CHUNK = 2000
+#: Numbers per vectorized trace (draws x data values): bounds the memory of a pass.
+BUDGET = 20_000_000
 
 
 def _trace_chunk(
@@ -58,8 +58,10 @@ def push_forward(
     total = len(next(iter(latent.values())))
     m = posterior.max_plate_nesting
     pieces: dict[str, list[np.ndarray]] = {}
-    for lo in range(0, total, CHUNK):
-        chunk = {k: v[lo : lo + CHUNK] for k, v in latent.items()}
+    size = max(1, sum(int(v.numel()) for v in data.values() if torch.is_tensor(v)))
+    step = max(1, min(total, BUDGET // size))
+    for lo in range(0, total, step):
+        chunk = {k: v[lo : lo + step] for k, v in latent.items()}
         num = len(next(iter(chunk.values())))
         tr = _trace_chunk(posterior, chunk, data)
         out: dict[str, np.ndarray] = {}

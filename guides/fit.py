@@ -572,6 +572,10 @@ def _map_start(guide_model, init_loc_fn, name, common, objective, data):
     }
 
 
+#: Numbers per vectorized pass of :func:`draw` (draws x data values): bounds its memory.
+DRAW_BUDGET = 20_000_000
+
+
 def draw(
     guide: object,
     model: Callable[..., object],
@@ -582,32 +586,37 @@ def draw(
     max_plate_nesting: int = 1,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Draws of every latent and deterministic site of ``model`` under ``guide``, with the
-    log importance weights log p(x, z) - log q(z) of each draw (vectorized, one pass).
+    log importance weights log p(x, z) - log q(z) of each draw.
 
+    Vectorized, in as few passes as keep draws x data values under :data:`DRAW_BUDGET`.
     Sites are returned with the draw axis first and the plate axes squeezed, which assumes
     the global sites sit outside every plate (true of the zoo's global latents).
     """
+    size = max(1, sum(int(v.numel()) for v in data.values() if torch.is_tensor(v)))
+    chunk = max(1, min(num_draws, DRAW_BUDGET // size))
     pyro.set_rng_seed(seed)
-    with torch.no_grad():
-        log_w, model_trace, _ = vectorized_importance_weights(
-            model,
-            guide,
-            **data,
-            num_samples=num_draws,
-            max_plate_nesting=max_plate_nesting,
-            normalized=False,
-        )
-    draws = {}
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or (site["is_observed"] and not _is_deterministic(site)):
-            continue
-        value = site["value"]
-        draws[name] = (
-            value.reshape((num_draws,) + tuple(value.shape[1 + max_plate_nesting :]))
-            .detach()
-            .numpy()
-        )
-    return draws, log_w.reshape(num_draws).detach().numpy()
+    pieces: dict[str, list[np.ndarray]] = {}
+    weights = []
+    for lo in range(0, num_draws, chunk):
+        num = min(chunk, num_draws - lo)
+        with torch.no_grad():
+            log_w, model_trace, _ = vectorized_importance_weights(
+                model,
+                guide,
+                **data,
+                num_samples=num,
+                max_plate_nesting=max_plate_nesting,
+                normalized=False,
+            )
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample" or (site["is_observed"] and not _is_deterministic(site)):
+                continue
+            value = site["value"].reshape(
+                (num,) + tuple(site["value"].shape[1 + max_plate_nesting :])
+            )
+            pieces.setdefault(name, []).append(value.detach().numpy())
+        weights.append(log_w.reshape(num).detach().numpy())
+    return {k: np.concatenate(v) for k, v in pieces.items()}, np.concatenate(weights)
 
 
 def _is_deterministic(site: Mapping[str, object]) -> bool:

@@ -96,6 +96,9 @@ class Posterior:
         observation at ``obs_site`` holding p(x_n | globals) per row. The pointwise
         log-likelihood, LOO, predictive draws and importance weights use it. None when
         ``model`` has no local latents (it is its own marginal).
+    sampler_model : callable, optional
+        The form NUTS runs, where it differs from ``model``: the same density computed
+        faster (a mixture's ``MixtureSameFamily`` rather than enumeration). None: ``model``.
     local_model, local : callable and LocalLatents, optional
         The form with explicit per-datapoint latents that amortized guides fit (PPCA's
         ``z``), and a description of those latents. None when the model offers none.
@@ -148,6 +151,7 @@ class Posterior:
     description: Mapping[str, str] = field(default_factory=dict)
     max_plate_nesting: int = 1
     marginal_model: Callable[..., object] | None = None
+    sampler_model: Callable[..., object] | None = None
     local_model: Callable[..., object] | None = None
     local: LocalLatents | None = None
     relabel: Callable[..., Relabelled] | None = None

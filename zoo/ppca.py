@@ -277,6 +277,45 @@ def model(
         return pyro.sample("x", dist.LowRankMultivariateNormal(mean, loadings, cov_diag), obs=x)
 
 
+def summary_model(
+    x: torch.Tensor | None = None,
+    *,
+    latent_dim: int,
+    priors: Priors,
+    num_data: int | None = None,
+) -> None:
+    """The marginal model of :func:`model` with the likelihood summed over rows in closed
+    form: the same density, from the data's mean and scatter.
+
+    ``log p(X | W, mean, sigma) = -1/2 [N D log 2 pi + N log|C| + tr(C^-1 S_mean)]`` with
+    ``C = W W^T + sigma^2 I`` and ``S_mean = S + N (xbar - mean)(xbar - mean)^T``, S the
+    scatter about the sample mean (Tipping and Bishop 1999, eq. 4). One data product per
+    call (S does not depend on the parameters) and a D x D Cholesky per draw, instead of the
+    per-row form's work on every row for every draw: a gradient on digits (1438 x 64, K = 5)
+    takes a fraction of the per-row form's time. The likelihood enters as one factor
+    ``x_loglik``: per-row log-likelihoods (LOO) come from :func:`model`. Without data it
+    draws from the prior predictive as :func:`model` does.
+    """
+    if x is None:
+        return model(x, latent_dim=latent_dim, priors=priors, num_data=num_data)
+    num_rows, dtype, device = _num_rows(x, num_data, priors)
+    loadings, mean, sigma = _global_sites(priors, latent_dim, dtype, device)
+    num_features = x.shape[-1]
+    xbar = x.mean(-2)
+    centered = x - xbar
+    scatter = centered.transpose(-1, -2) @ centered  # data only: no latent in this product
+    # loadings may carry batch dims on the left (P, 1, D, K): the product is per draw.
+    eye = torch.eye(num_features, dtype=dtype, device=device)
+    cov = loadings @ loadings.transpose(-1, -2) + (sigma**2)[..., None, None] * eye
+    chol = torch.linalg.cholesky(cov)
+    log_det = 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    delta = xbar - mean
+    scatter_mean = scatter + num_rows * delta.unsqueeze(-1) * delta.unsqueeze(-2)
+    trace = torch.cholesky_solve(scatter_mean, chol).diagonal(dim1=-2, dim2=-1).sum(-1)
+    log_lik = -0.5 * (num_rows * num_features * math.log(2 * math.pi) + num_rows * log_det + trace)
+    pyro.factor("x_loglik", log_lik)
+
+
 def local_model(
     x: torch.Tensor | None = None,
     *,
@@ -865,6 +904,8 @@ def make_posterior(
     tensor = functools.partial(torch.as_tensor, dtype=torch.get_default_dtype())
     bound = functools.partial(model, latent_dim=latent_dim, priors=priors)
     functools.update_wrapper(bound, model)
+    bound_summary = functools.partial(summary_model, latent_dim=latent_dim, priors=priors)
+    functools.update_wrapper(bound_summary, summary_model)
     bound_local = functools.partial(local_model, latent_dim=latent_dim, priors=priors)
     functools.update_wrapper(bound_local, local_model)
 
@@ -908,7 +949,7 @@ def make_posterior(
     return Posterior(
         model_name="ppca",
         dataset=dataset_name,
-        model=bound,
+        model=bound_summary,
         data={"x": tensor(x)},
         test_data={"x": tensor(x_all[test])} if len(test) else None,
         obs_site="x",
@@ -919,7 +960,7 @@ def make_posterior(
         truth=truth,
         description=description,
         max_plate_nesting=1,
-        marginal_model=None,
+        marginal_model=bound,
         local_model=bound_local,
         local=LocalLatents(site="z", dim=latent_dim, input="x", plate="data"),
         accuracy_sites=("mean", "sigma"),

@@ -48,11 +48,11 @@ def _site_log_probs(model, data, values) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- vectorization
 
 
-@pytest.mark.parametrize("form", ["model", "local_model"])
-def test_both_forms_vectorize(form):
+@pytest.mark.parametrize("form", ["model", "marginal_model", "local_model"])
+def test_every_form_vectorizes(form):
     # STYLE.md pitfall: a batched log joint of 4 prior draws equals the 4 unbatched ones.
     post = ppca.make_posterior(_frame())
-    fn = post.model if form == "model" else post.local_model
+    fn = getattr(post, form)
     draws = _draws(fn, post.data, NUM_DRAWS, seed=1)
     expected = {"loadings", "mean", "sigma"} | ({"z"} if form == "local_model" else set())
     assert set(draws[0]) == expected
@@ -75,7 +75,7 @@ def _matmul_local_model(x=None, *, latent_dim, priors, num_data=None):
 
 def test_vectorization_check_catches_matmul_in_local_model():
     post = ppca.make_posterior(_frame())
-    options = {"latent_dim": 2, "priors": post.model.keywords["priors"]}
+    options = {"latent_dim": 2, "priors": post.marginal_model.keywords["priors"]}
 
     def buggy(x=None, num_data=None):
         return _matmul_local_model(x, num_data=num_data, **options)
@@ -92,7 +92,7 @@ def test_vectorization_check_catches_matmul_in_local_model():
 
 def test_prior_predictive_draws():
     post = ppca.make_posterior(_frame())
-    for fn in (post.model, post.local_model):
+    for fn in (post.model, post.marginal_model, post.local_model):
         x = fn(num_data=7)
         assert x.shape == (7, 5) and x.dtype == torch.float64
     with pytest.raises(ValueError, match="num_data"):
@@ -111,7 +111,7 @@ def test_local_and_marginal_forms_agree_per_row():
         g = _draws(post.model, post.data, 1, seed=seed)[0]
         z = 2.0 * torch.randn(x.shape[0], 2, generator=torch.Generator().manual_seed(seed))
         local = _site_log_probs(post.local_model, post.data, {**g, "z": z})
-        marginal = _site_log_probs(post.model, post.data, g)
+        marginal = _site_log_probs(post.marginal_model, post.data, g)
         loc, cov = ppca.posterior_z(
             x.numpy(), g["loadings"].numpy(), g["mean"].numpy(), float(g["sigma"])
         )
@@ -126,6 +126,19 @@ def test_local_and_marginal_forms_agree_per_row():
             x.numpy(), g["loadings"].numpy(), g["mean"].numpy(), g["sigma"].numpy()
         )
         assert abs(total - float(marginal["x"].sum())) <= 1e-10 * abs(total)  # seen 1.4e-15
+
+
+def test_summary_form_is_the_per_row_form_summed():
+    """The form NUTS and the global guides run (one factor from the data's mean and
+    scatter) has the log joint of the per-row marginal form, draw by draw and batched."""
+    post = ppca.make_posterior(_frame(num_data=40))
+    draws = _draws(post.marginal_model, post.data, NUM_DRAWS, seed=2)
+    per_row = torch.stack([log_joint(post.marginal_model, post.data, d) for d in draws])
+    summed = torch.stack([log_joint(post.model, post.data, d) for d in draws])
+    # Seen: 2.5e-11 apart on log joints of -490 to -13106 (different rounding orders).
+    torch.testing.assert_close(summed, per_row, rtol=1e-12, atol=1e-9)
+    _, batched = log_joints(post.model, post.data, draws)
+    torch.testing.assert_close(batched, per_row, rtol=1e-12, atol=1e-9)
 
 
 def test_posterior_z_matches_gaussian_conditioning():
@@ -408,8 +421,8 @@ def test_sigma_priors_are_proper(sigma_prior):
 def test_posterior_fields():
     frame, truth = ppca.simulate(0, 60, 5, 2)
     post = ppca.make_posterior(frame, latent_dim=3, test_fraction=0.25, seed=1, truth=truth)
-    assert post.model_name == "ppca" and post.marginal_model is None
-    assert post.likelihood_model is post.model
+    assert post.model_name == "ppca"
+    assert post.likelihood_model is post.marginal_model  # per-row densities: LOO
     assert post.sites == ("loadings", "mean", "sigma")
     assert post.accuracy_sites == ("mean", "sigma")
     assert post.obs_site == "x" and post.max_plate_nesting == 1
@@ -425,7 +438,7 @@ def test_posterior_fields():
     assert post.data["x"].dtype == torch.get_default_dtype() == post.test_data["x"].dtype
     assert post.row_labels is None and post.truth is not None
     assert post.description["rows"] == "45 fitted, 15 held out"
-    trace = poutine.trace(post.model).get_trace(**post.data)
+    trace = poutine.trace(post.marginal_model).get_trace(**post.data)
     sample_sites = [
         n for n, site in trace.nodes.items() if site["type"] == "sample" and n != "data"
     ]
@@ -437,7 +450,8 @@ def test_posterior_fields():
     ]
     assert trace.nodes["loadings"]["value"].shape == (5, 3)
     assert not trace.nodes["loadings"]["cond_indep_stack"]  # globals sit outside every plate
-    assert post.model.__name__ == "model" and post.local_model.__name__ == "local_model"
+    assert post.model.__name__ == "summary_model" and post.marginal_model.__name__ == "model"
+    assert post.local_model.__name__ == "local_model"
 
 
 def test_closed_forms_are_points_with_info():
