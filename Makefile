@@ -26,6 +26,7 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_linear_regression.py
+	$(BIN)/python benchmarks/bench_gmm.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check zoo guides comparisons tests benchmarks

@@ -70,6 +70,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=0.2,
         help="share of rows held out for the held-out log predictive density (0.2)",
     )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="rows per SVI step (minibatch SVI, for models that allow it: gmm)",
+    )
     p.add_argument("--progress", action="store_true", help="show progress bars")
     reg = p.add_argument_group("linear_regression")
     reg.add_argument("--degree", type=int, help="polynomial basis x..x^degree of one feature")
@@ -209,7 +214,7 @@ def _run(args: argparse.Namespace) -> int:
         methods=methods,
         reference=reference,
         seed=args.seed,
-        preset=args.preset,
+        preset=_preset(args, spec, posterior.num_data),
         out_dir=out_dir,
         progress=args.progress,
     )
@@ -217,6 +222,26 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{method:<11} {record['cost']['wall_s']:7.1f} s  {record.get('verdict', '')}")
     print(f"report: {out_dir / 'index.html'}")
     return 0
+
+
+def _preset(args: argparse.Namespace, spec, num_rows: int):
+    """The named preset, with minibatch SVI when --batch-size asks for it."""
+    import dataclasses
+
+    from comparisons.runners import PRESETS
+
+    preset = PRESETS[args.preset]
+    if args.batch_size is None:
+        return preset
+    if not spec.minibatch:
+        raise ZooInputError(f"--batch-size does not apply to {spec.name}; it fits every row")
+    if not 1 <= args.batch_size <= num_rows:
+        raise ZooInputError(
+            f"--batch-size must be between 1 and {num_rows} (the rows fitted), got"
+            f" {args.batch_size}"
+        )
+    fit = dataclasses.replace(preset.fit, subsample_size=args.batch_size)
+    return dataclasses.replace(preset, fit=fit)
 
 
 def _select(args: argparse.Namespace, ks: list[int]) -> int:
@@ -239,7 +264,7 @@ def _select(args: argparse.Namespace, ks: list[int]) -> int:
         ks,
         methods=methods,
         seed=args.seed,
-        preset=args.preset,
+        preset=_preset(args, spec, first.num_data),
         out_dir=out_dir,
         progress=args.progress,
     )

@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
+#: Numbers in a method's pointwise log-likelihood (draws x rows) above which its draws are
+#: thinned: 5e7 float64 are 400 MB.
+LOG_LIK_BUDGET = 50_000_000
+
 
 @dataclass
 class Comparison:
@@ -197,6 +201,7 @@ def compare(
         runs[method] = run
         if run.error is None:
             tick = time.perf_counter()
+            _thin(run, LOG_LIK_BUDGET // max(1, posterior.num_data + posterior.num_test))
             if posterior.relabel is not None:
                 ref_run = runs.get(reference) if method != reference else None
                 relabelled = posterior.relabel(
@@ -243,6 +248,26 @@ def compare(
     if out_dir is not None:
         _atomic_write_text(Path(out_dir) / "results.json", json.dumps(results, indent=2))
     return comparison
+
+
+def _thin(run: MethodRun, limit: int) -> None:
+    """Keep every k-th draw of each chain so that at most ``limit`` remain (the pointwise
+    log-likelihood holds draws x rows numbers); says so in the diagnostics."""
+    chains, num = next(iter(run.draws.values())).shape[:2]
+    if chains * num <= limit:
+        return
+    step = math.ceil(chains * num / max(1, limit))
+    run.draws = {k: v[:, ::step] for k, v in run.draws.items()}
+    run.sample_stats = {k: v[:, ::step] for k, v in run.sample_stats.items()}
+    if run.log_weights is not None:
+        run.log_weights = run.log_weights[:, ::step]
+    run.diagnostics["thinned_by"] = step
+    logger.warning(
+        "%s: every %d-th draw kept (at most %d: draws x rows must fit in memory)",
+        run.method,
+        step,
+        limit,
+    )
 
 
 def _check_writable(out_dir: Path) -> None:

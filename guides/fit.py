@@ -222,6 +222,7 @@ def fit(
         converged=converged,
         final_elbo=float(np.mean(trace[-config.window :])) if trace else math.nan,
         max_plate_nesting=max_plate_nesting,
+        info={} if config.subsample_size is None else {"subsample_size": config.subsample_size},
     )
 
 
@@ -459,6 +460,7 @@ def fit_guide(
         result.grad_evals += extra["grad_evals"]
         result.wall_s += extra["wall_s"]
         result.info["init"] = "; ".join(extra["notes"])
+        result.info["init_wall_s"] = extra["wall_s"]
     if spec.amortized:
         result.info["encoder"] = guide.encoder_name
         result.info["global_guide"] = guide.global_guide_name

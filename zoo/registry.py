@@ -18,7 +18,8 @@ class ModelSpec:
     model can offer (a posterior built with some options may offer fewer: see
     ``Posterior.closed_forms``); ``options`` the keyword options of ``make_posterior`` that
     the command line may set; ``example(seed)`` a small posterior on simulated data, which
-    the registry tests run every model through.
+    the registry tests run every model through. ``minibatch``: the model's data plate takes
+    ``subsample_size``, so SVI can fit it on minibatches (``FitConfig.subsample_size``).
     """
 
     name: str
@@ -31,6 +32,7 @@ class ModelSpec:
     make_posterior: Callable[..., Posterior]
     example: Callable[[int], Posterior]
     closed_form_hints: Mapping[str, str] = field(default_factory=dict)
+    minibatch: bool = False
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -77,6 +79,7 @@ MODELS: dict[str, ModelSpec] = {
             gmm.simulate(seed, num_components=2, num_data=40, num_features=2)[0],
             num_components=2,
         ),
+        minibatch=True,
     ),
     "ppca": ModelSpec(
         name="ppca",

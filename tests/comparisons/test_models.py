@@ -145,7 +145,7 @@ def test_amortized_writes_its_latent_means(ppca_run):
 
 def test_ppca_on_digits_leaves_nuts_out_of_the_defaults_and_judges_against_ml():
     post = ppca.make_posterior("digits", latent_dim=2)
-    assert "nuts" not in post.default_methods and "expect hours" in post.description["methods"]
+    assert "nuts" not in post.default_methods and "--methods nuts" in post.description["methods"]
     quick = Preset("q", 1, 0, 0, 10, FitConfig(num_steps=50, min_steps=50, window=25))
     results = compare(post, methods=["ml", "em"], preset=quick, seed=0).results
     assert results["reference"] == "ml"
