@@ -40,6 +40,9 @@ CSV = {
     "nan.csv": "a,b,y\n1,2,3\n2,NaN,4\n3,5,5\n4,4,1\n",
     "inf.csv": "a,b,y\n1,2,3\n2,3,4\n3,inf,5\n4,4,1\n",
     "few.csv": "a,b,y\n1,2,3\n2,3,4\n3,5,5\n",  # 3 rows, 3 coefficients with the intercept
+    "one.csv": "a,b\n1,2\n",
+    "const.csv": "a,b\n1,2\n2,2\n3,2\n4,2\n",
+    "wide.csv": "a,b,c,d,e\n1,2,3,4,5\n2,3,1,5,4\n3,1,2,4,6\n",  # 3 rows, 5 features
 }
 
 
@@ -109,7 +112,8 @@ BAD_INPUT = {
         "unknown method 'ful_rank'",
     ),
     "unknown method": ([*LR, "--methods", "gibbs"], "unknown method 'gibbs'; choose from: nuts"),
-    # No guide is inapplicable to linear_regression; exact without its prior is the case.
+    # Every global guide applies to linear_regression; amortized needs per-row latents.
+    "amortized for regression": ([*LR, "--methods", "amortized"], "guide 'amortized' does not"),
     "exact needs the conjugate prior": ([*LR, "--methods", "exact"], "--prior conjugate"),
     "exact as reference": ([*LR, "--reference", "exact"], "--prior conjugate"),
     "missing data file": (
@@ -147,6 +151,37 @@ BAD_INPUT = {
     "unknown preset": ([*LR, "--preset", "fast"], "unknown preset 'fast'; choose one of: smoke"),
     "cuda": ([*LR, "--device", "cuda"], "--device cuda is for the neural models"),
     "unknown dataset": ([*LR, "--dataset", "kidq"], "unknown dataset 'kidq'"),
+    # The mixture and PPCA.
+    "K below 1": (["compare", "gmm", "--num-components", "0"], "whole numbers >= 1"),
+    "K not a number": (["compare", "gmm", "--num-components", "1,x"], "takes whole numbers"),
+    "K above the rows": (
+        ["compare", "gmm", "--data", "few.csv", "--num-components", "5", "--test-fraction", "0"],
+        "5 components but only 3 rows",
+    ),
+    "one row": (
+        ["compare", "gmm", "--data", "one.csv", "--test-fraction", "0"],
+        "a mixture needs at least 2",
+    ),
+    "constant column": (["compare", "gmm", "--data", "const.csv"], "feature 'b' is constant"),
+    "NaN for a mixture": (["compare", "gmm", "--data", "nan.csv"], "missing or infinite value"),
+    "several K to fit": (
+        ["fit", "gmm", "--num-components", "1,2", "--method", "em"],
+        "zoo fit takes one --num-components",
+    ),
+    "batch size 0": (["compare", "gmm", "--batch-size", "0"], "--batch-size must be between 1"),
+    "batch size for regression": ([*LR, "--batch-size", "10"], "--batch-size does not apply"),
+    "latent dim too large": (
+        ["compare", "ppca", "--data", "few.csv", "--latent-dim", "3"],
+        "latent dim 3 with 3 features",
+    ),
+    "ml with fewer rows than features": (
+        ["compare", "ppca", "--data", "wide.csv", "--latent-dim", "1", "--methods", "ml"],
+        "'ml' needs more fitted rows than features",
+    ),
+    "guide that does not apply": (
+        ["compare", "gmm", "--methods", "flow"],
+        "guide 'flow' does not apply to gmm; it takes: delta, laplace, mean_field, full_rank",
+    ),
     # argparse's own errors keep to one line too.
     "fit without a method": (["fit", "linear_regression"], "--method"),
     "dataset and data": ([*LR, "--dataset", "kidiq", "--data", "ok.csv"], "not allowed with"),
@@ -287,3 +322,37 @@ def test_fit_of_a_point_estimate_writes_a_report(workdir, capsys, tiny_smoke):
     )
     assert code == 0, err
     assert (workdir / "fit" / "index.html").is_file()
+
+
+def test_choosing_k_and_fitting_an_amortized_guide(workdir, capsys, tiny_smoke):
+    code, out, err = _zoo(
+        [
+            "compare",
+            "gmm",
+            "--num-components",
+            "1-2",
+            "--methods",
+            "em,mean_field",
+            "--preset",
+            "smoke",
+            "--out-dir",
+            "k",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[-2].startswith("chosen K: ") and "bic" in lines[-2]
+    results = json.loads((workdir / "k" / "results.json").read_text())
+    _validate(results)
+    assert set(results["methods"]) == {"em-k1", "em-k2", "mean_field-k1", "mean_field-k2"}
+    assert [r["k"] for r in results["selection"]["criteria"]] == [1, 2]
+
+    code, out, err = _zoo(
+        ["fit", "ppca", "--dataset", "iris", "--method", "amortized", "--preset", "smoke"],
+        capsys,
+    )
+    assert code == 0, err
+    report = Path("reports") / "ppca-iris-amortized"
+    assert out.splitlines()[-1] == f"report: {report / 'index.html'}"
+    assert (workdir / report / "figures" / "latents.png").is_file()

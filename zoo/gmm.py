@@ -939,8 +939,10 @@ def make_posterior(
         scale_spread=scale_spread,
         concentration=concentration,
     )
-    if truth is None and builtin is not None:
-        truth = builtin.truth
+    if truth is None and builtin is not None and builtin.truth is not None:
+        # A simulated set's truth applies to fits with its own number of components only.
+        if len(builtin.truth["weights"]) == k:
+            truth = builtin.truth
     truth = None if truth is None else _check_truth(truth, k, x.shape[1])
 
     options = {"num_components": k, "priors": priors}
