@@ -48,7 +48,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--reference",
-        help="method the others are judged against (default: exact where it exists, else nuts)",
+        help="method the others are judged against (default: exact where it exists, else"
+        " nuts when it runs, else the model's first closed form, as ml)",
     )
     p.add_argument("--preset", default="full", help="smoke (quick look) or full (default)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")

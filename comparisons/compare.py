@@ -164,7 +164,8 @@ def compare(
         Method names (``nuts``, guide names, ``exact``...); default all that apply.
     reference : str, optional
         The method others are judged against; default ``exact`` where it exists, else
-        ``nuts``. It is run even when not listed in ``methods``; ``"none"`` judges nothing.
+        ``nuts`` when it runs, else the first closed form (:func:`default_reference`). It is
+        run even when not listed in ``methods``; ``"none"`` judges nothing.
     seed : int
         Seed of every random choice: same seed, same results (timings aside).
     preset : {"smoke", "full"} or Preset

@@ -219,6 +219,10 @@ def verdict(method: str, record: Mapping[str, Mapping], *, reference: str | None
         notes.append("optimizer did not converge")
     if method == reference:
         notes.insert(0, "reference")
+    elif "max_abs_mean_z" not in met and record.get("summary") and all(
+        s["sd"] == 0 for s in record["summary"].values()
+    ):
+        notes.append("point estimate: no uncertainty")
     elif "max_abs_mean_z" in met:
         z, lo, hi = met["max_abs_mean_z"], met["sd_ratio_min"], met["sd_ratio_max"]
         if hi == 0:

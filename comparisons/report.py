@@ -262,6 +262,7 @@ def render(out_dir: str | Path) -> Path:
         # the first criterion's), its methods under their own names.
         sections += plot_selection(results, fig_dir)
         results, idatas = _one_k(results, idatas)
+        page_results = {**page_results, "shown_k": results["shown_k"]}
     sites = _meta(next(iter(idatas.values())))["sites"] if idatas else []
     if idatas:
         plot_marginals(results, idatas, sites, fig_dir / "marginals.png")

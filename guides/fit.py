@@ -85,7 +85,8 @@ class FitResult:
     at the i-th iterate, the last entry at the final point. ``final_elbo`` is the fit's
     objective at its end: for SVI the mean of the last ``window`` estimates (at the smallest
     learning rate), for L-BFGS the log joint at the point returned. ``info`` holds
-    guide-specific notes (e.g. the Hessian status of Laplace).
+    guide-specific notes (e.g. the Hessian status of Laplace). ``wall_s`` and ``grad_evals``
+    include the MAP start, whose seconds are also ``start_wall_s``.
     """
 
     name: str
@@ -100,6 +101,7 @@ class FitResult:
     final_elbo: float
     max_plate_nesting: int = 1
     hidden: tuple[str, ...] = ()
+    start_wall_s: float = 0.0
     info: dict[str, object] = field(default_factory=dict)
 
     def sample(self, num_draws: int, *, seed: int) -> dict[str, np.ndarray]:
@@ -460,7 +462,7 @@ def fit_guide(
         result.grad_evals += extra["grad_evals"]
         result.wall_s += extra["wall_s"]
         result.info["init"] = "; ".join(extra["notes"])
-        result.info["init_wall_s"] = extra["wall_s"]
+        result.start_wall_s = extra["wall_s"]
     if spec.amortized:
         result.info["encoder"] = guide.encoder_name
         result.info["global_guide"] = guide.global_guide_name

@@ -10,9 +10,12 @@ from pyro.infer.autoguide import AutoLaplaceApproximation, AutoMultivariateNorma
 
 logger = logging.getLogger(__name__)
 
-#: Eigenvalues of the Hessian below this fraction of the largest one count as zero
-#: (raised to sqrt(machine epsilon) of the dtype where that is larger, as in float32).
-RELATIVE_FLOOR = 1e-8
+
+def relative_floor(dtype: torch.dtype) -> float:
+    """Eigenvalues of the Hessian below this fraction of the largest one count as zero:
+    sqrt(machine epsilon) of the dtype (1.5e-8 in float64, 3.5e-4 in float32), the relative
+    accuracy that a Hessian computed by differentiating a gradient can have."""
+    return torch.finfo(dtype).eps ** 0.5
 
 
 def _hessian(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -37,7 +40,7 @@ class LaplaceGuide(AutoLaplaceApproximation):
     negative log joint directly and fails when it is singular or not positive definite (a flat
     direction, a saddle, an optimizer that stopped early). This guide eigendecomposes the
     symmetrized Hessian instead: negative eigenvalues are replaced by their magnitudes (the
-    curvature of the saddle-free Newton method) and eigenvalues below ``RELATIVE_FLOOR`` times
+    curvature of the saddle-free Newton method) and eigenvalues below :func:`relative_floor` times
     the largest are raised to that floor, so the covariance stays finite and the fallback is
     said in :attr:`hessian_status` rather than hidden.
     """
@@ -75,7 +78,7 @@ class LaplaceGuide(AutoLaplaceApproximation):
         with torch.no_grad():
             evals, evecs = torch.linalg.eigh(h)
             largest = float(evals.abs().max())
-            relative = max(RELATIVE_FLOOR, torch.finfo(h.dtype).eps ** 0.5)
+            relative = relative_floor(h.dtype)
             # With no curvature at all there is no scale to be relative to: unit curvature.
             floor = relative * largest if largest > 0 else 1.0
             num_negative = int((evals < -floor).sum())
@@ -89,7 +92,7 @@ class LaplaceGuide(AutoLaplaceApproximation):
                 )
             elif num_flat:
                 self.hessian_status = (
-                    f"singular: {num_flat} eigenvalue(s) below {relative:.1g} x the largest;"
+                    f"singular: {num_flat} eigenvalue(s) below {relative:.2g} x the largest;"
                     " raised to that floor (a flat direction: huge variance there)"
                 )
             else:
