@@ -242,9 +242,10 @@ def fit_lbfgs(
     """Minimize a deterministic objective (a point guide's negative log joint) by L-BFGS
     with a strong Wolfe line search.
 
-    The trace holds the objective at each accepted iterate (one L-BFGS iteration each);
-    ``grad_evals`` counts every evaluation, line-search trials included, and ``num_steps``
-    caps them. Converged when an iteration changes the objective by less than
+    The trace holds the objective at each accepted iterate (one L-BFGS iteration each) and,
+    last, at the point returned; ``grad_evals`` counts every evaluation with its gradient,
+    line-search trials included, and ``num_steps`` caps them (checked before each iteration,
+    which may take up to 26). Converged when an iteration changes the objective by less than
     ``1e-10 * (1 + |objective|)``.
     """
     pyro.set_rng_seed(seed)
@@ -299,8 +300,7 @@ def fit_lbfgs(
                 converged = True
                 break
         with torch.no_grad():
-            final = -float(elbo_fn.loss(model, guide, **data))
-    evaluations += 1
+            final = -float(elbo_fn.loss(model, guide, **data))  # no gradient: not counted
     trace.append(final)
     wall = time.perf_counter() - start
     if not converged:
