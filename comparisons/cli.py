@@ -219,10 +219,17 @@ def _run(args: argparse.Namespace) -> int:
         out_dir=out_dir,
         progress=args.progress,
     )
-    for method, record in result.results["methods"].items():
-        print(f"{method:<11} {record['cost']['wall_s']:7.1f} s  {record.get('verdict', '')}")
+    _print_methods(result.results)
     print(f"report: {out_dir / 'index.html'}")
     return 0
+
+
+def _print_methods(results: dict) -> None:
+    """One line a method: its name, seconds and verdict."""
+    width = max(11, *(len(m) + 1 for m in results["methods"]))
+    for method, record in results["methods"].items():
+        seconds = record["cost"]["wall_s"]
+        print(f"{method:<{width}} {seconds:7.1f} s  {record.get('verdict', '')}")
 
 
 def _preset(args: argparse.Namespace, spec, num_rows: int):
@@ -269,8 +276,7 @@ def _select(args: argparse.Namespace, ks: list[int]) -> int:
         out_dir=out_dir,
         progress=args.progress,
     )
-    for method, record in result.results["methods"].items():
-        print(f"{method:<15} {record['cost']['wall_s']:7.1f} s  {record.get('verdict', '')}")
+    _print_methods(result.results)
     chosen = result.results["selection"]["chosen"]
     print("chosen K: " + ", ".join(f"{k} {v}" for k, v in chosen.items()))
     print(f"report: {out_dir / 'index.html'}")

@@ -40,6 +40,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -546,7 +547,10 @@ def make_posterior(
             intercept, coef_scale = given["intercept"], given["coef_scale"]
             sigma_prior, sigma_scale = given["sigma_prior"], given["sigma_scale"]
         else:
-            frame = read_csv(data)
+            path = Path(data)
+            if not path.exists() and path.suffix == "" and len(path.parts) == 1:
+                load_dataset(data)  # a name, not a file: the unknown data set, listing them
+            frame = read_csv(path)
             dataset_name = frame.attrs.get("source", str(data))
     else:
         frame = data

@@ -681,12 +681,3 @@ def test_input_errors(case):
     message = str(info.value)
     assert expected in message
     assert "\n" not in message and message.strip() == message
-
-
-def test_unknown_dataset_lists_the_built_in_ones():
-    with pytest.raises(ZooInputError) as info:
-        gmm.load_dataset("irises")
-    message = str(info.value)
-    assert "\n" not in message
-    for name in gmm.DATASETS:
-        assert name in message

@@ -402,15 +402,6 @@ def test_make_posterior_input_errors(case):
     assert "\n" not in message and message.strip() == message
 
 
-def test_unknown_dataset_lists_the_built_in_ones():
-    with pytest.raises(ZooInputError) as info:
-        lr.load_dataset("kidiqq")
-    message = str(info.value)
-    assert "\n" not in message
-    for name in lr.DATASETS:
-        assert name in message
-
-
 # --------------------------------------------------------------------------- data sets
 
 EXPECTED_ROWS = {

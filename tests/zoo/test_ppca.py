@@ -652,10 +652,3 @@ def test_input_errors(case):
     message = str(info.value)
     assert expected in message
     assert "\n" not in message and message.strip() == message
-
-
-def test_unknown_dataset_lists_the_built_in_ones():
-    with pytest.raises(ZooInputError) as info:
-        ppca.load_dataset("irises")
-    for name in ppca.DATASETS:
-        assert name in str(info.value)

@@ -9,7 +9,7 @@ import torch
 from pyro import poutine
 from vectorization import latent_names, log_joints, prior_draws
 
-from zoo import MODELS
+from zoo import MODELS, ZooInputError
 
 NUM_DRAWS = 4
 
@@ -48,3 +48,14 @@ def test_global_sites_sit_outside_every_plate_and_forms_share_them(name):
             continue
         shared = [s for s in latent_names(other, post.data) if s in post.sites]
         assert shared == globals_, f"{name}.{form} has other global sites or another order"
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_an_unknown_data_set_is_one_line_listing_the_built_in_ones(name):
+    spec = MODELS[name]
+    with pytest.raises(ZooInputError) as info:
+        spec.make_posterior("no_such_data_set")
+    message = str(info.value)
+    assert "\n" not in message and "no_such_data_set" in message
+    for dataset in spec.datasets:
+        assert dataset in message
