@@ -289,10 +289,13 @@ def render(out_dir: str | Path) -> Path:
         if plot_elbo(idatas, fig_dir / "elbo.png"):
             sections.append(
                 (
-                    "ELBO traces",
+                    "Objective traces",
                     "elbo.png",
-                    "The objective of each fit per step. A trace still rising at its end did "
-                    "not converge; spikes or a drop show an unstable learning rate.",
+                    "The objective of each fit per step: the ELBO of a stochastic guide, the "
+                    "log joint at each L-BFGS iterate of delta and laplace, the "
+                    "log-likelihood after each EM iteration (which never decreases). A trace "
+                    "still rising at its end did not converge; spikes or a drop show an "
+                    "unstable learning rate.",
                 )
             )
         if "nuts" in idatas:
