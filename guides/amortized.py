@@ -85,7 +85,7 @@ class AmortizedGuide(PyroModule):
     def encoder(self, x: torch.Tensor) -> torch.nn.Module:
         """The encoder module (built on first use, when the input width is known)."""
         if self._encoder is None:
-            module = ENCODERS[self.encoder_name].build(x.shape[-1], self.local.dim)
+            module = ENCODERS[self.encoder_name].build(x.detach(), self.local.dim)
             self._encoder = module.to(dtype=x.dtype, device=x.device)
         return self._encoder
 

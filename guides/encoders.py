@@ -18,6 +18,23 @@ from torch.nn.functional import softplus
 MIN_SCALE = 1e-5
 
 
+class Standardize(nn.Module):
+    """A fixed map x -> (x - loc) / scale, set from the data the encoder is built on (the
+    mean and sd of each input; a constant input keeps scale 1). Every encoder starts with it,
+    so that its learning rate means the same for pixels of sd 0.1 and of sd 6; for a linear
+    encoder it changes the parametrization, not the family."""
+
+    def __init__(self, x: torch.Tensor):
+        super().__init__()
+        flat = x.reshape(-1, x.shape[-1])
+        sd = flat.std(0) if len(flat) > 1 else torch.ones_like(flat[0])
+        self.register_buffer("loc", flat.mean(0))
+        self.register_buffer("scale", torch.where(sd > 0, sd, torch.ones_like(sd)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.loc) / self.scale
+
+
 class LinearEncoder(nn.Module):
     """q(z | x) = N(A x + b, L L^T): a location linear in x and one full covariance shared by
     every row (L lower triangular with a positive diagonal).
@@ -29,9 +46,10 @@ class LinearEncoder(nn.Module):
     ML solution with R = I has, and the fit would be pulled toward that rotation.)
     """
 
-    def __init__(self, input_dim: int, latent_dim: int):
+    def __init__(self, data: torch.Tensor, latent_dim: int):
         super().__init__()
-        self.linear = nn.Linear(input_dim, latent_dim)
+        self.standardize = Standardize(data)
+        self.linear = nn.Linear(data.shape[-1], latent_dim)
         with torch.no_grad():
             self.linear.weight.normal_(0.0, 0.01)
             self.linear.bias.zero_()
@@ -43,7 +61,7 @@ class LinearEncoder(nn.Module):
         return torch.tril(self.off_diag, diagonal=-1) + torch.diag_embed(diag)
 
     def forward(self, x: torch.Tensor) -> dist.Distribution:
-        loc = self.linear(x)
+        loc = self.linear(self.standardize(x))
         return dist.MultivariateNormal(loc, scale_tril=self.scale_tril().expand(*loc.shape, -1))
 
 
@@ -51,10 +69,13 @@ class MLPEncoder(nn.Module):
     """q(z | x) = N(loc(x), diag(scale(x)^2)) from a multilayer perceptron with
     ``hidden_dims`` and softplus activations (the encoder of a variational autoencoder)."""
 
-    def __init__(self, input_dim: int, latent_dim: int, hidden_dims: Sequence[int] = (128, 128)):
+    def __init__(
+        self, data: torch.Tensor, latent_dim: int, hidden_dims: Sequence[int] = (128, 128)
+    ):
         super().__init__()
+        self.standardize = Standardize(data)
         layers: list[nn.Module] = []
-        width = input_dim
+        width = data.shape[-1]
         for h in hidden_dims:
             layers += [nn.Linear(width, h), nn.Softplus()]
             width = h
@@ -63,17 +84,18 @@ class MLPEncoder(nn.Module):
         self.raw_scale = nn.Linear(width, latent_dim)
 
     def forward(self, x: torch.Tensor) -> dist.Distribution:
-        h = self.body(x)
+        h = self.body(self.standardize(x))
         return dist.Normal(self.loc(h), softplus(self.raw_scale(h)) + MIN_SCALE).to_event(1)
 
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """An encoder family: ``build(input_dim, latent_dim)`` returns the module."""
+    """An encoder family: ``build(data, latent_dim)`` returns the module for inputs like
+    ``data`` (N, D), standardized by their mean and sd."""
 
     name: str
     summary: str
-    build: Callable[[int, int], nn.Module]
+    build: Callable[[torch.Tensor, int], nn.Module]
 
 
 ENCODERS: dict[str, EncoderSpec] = {

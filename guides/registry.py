@@ -93,6 +93,9 @@ GUIDES: dict[str, GuideSpec] = {
         "amortized",
         "amortized: an encoder network q(z | x) for per-row latents, a point for the globals",
         AmortizedGuide,
+        # One particle, as variational autoencoders are fitted: the per-row terms already
+        # average over every row. On PPCA of digits 8 particles cost 9x the time a step.
+        num_particles=1,
         whiten=True,
         amortized=True,
     ),
