@@ -191,11 +191,11 @@ def run_svi(
             ("obs", "latent"),
         )
     num_draws = 1 if point else preset.num_draws
-    # Draws are pushed through the likelihood model: for a model with local latents, its
-    # marginal form, so that log w = log p(x, globals) - log q(globals) sums them out.
+    # Draws are weighed by the form NUTS runs: the globals' log joint with every local
+    # latent summed out, so that log w = log p(x, globals) - log q(globals).
     latent, log_w = draw(
         sampler,
-        posterior.likelihood_model,
+        posterior.sampler_model or posterior.model,
         posterior.data,
         num_draws,
         seed=seed + 1,

@@ -576,8 +576,9 @@ def _map_start(guide_model, init_loc_fn, name, common, objective, data):
     }
 
 
-#: Numbers per vectorized pass of :func:`draw` (draws x data values): bounds its memory.
-DRAW_BUDGET = 20_000_000
+#: Numbers per vectorized pass of :func:`draw` (draws x data values): bounds its memory
+#: and keeps buffers small enough to be reused (see comparisons.convert.BUDGET).
+DRAW_BUDGET = 500_000
 
 
 def draw(

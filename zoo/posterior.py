@@ -97,8 +97,10 @@ class Posterior:
         log-likelihood, LOO, predictive draws and importance weights use it. None when
         ``model`` has no local latents (it is its own marginal).
     sampler_model : callable, optional
-        The form NUTS runs, where it differs from ``model``: the same density computed
-        faster (a mixture's ``MixtureSameFamily`` rather than enumeration). None: ``model``.
+        The form NUTS runs and a guide's draws are weighed by (log p(x, globals) for PSIS),
+        where it differs from ``model``: the same density with every local latent summed
+        out, computed faster (a mixture's ``MixtureSameFamily`` rather than enumeration). A
+        model that enumerates discrete sites must give one. None: ``model``.
     local_model, local : callable and LocalLatents, optional
         The form with explicit per-datapoint latents that amortized guides fit (PPCA's
         ``z``), and a description of those latents. None when the model offers none.
