@@ -279,7 +279,7 @@ def plot_ppca_cov_error(results, idatas, fig_dir: Path) -> list[Section]:
     rows = [
         (m, r["metrics"])
         for m, r in results["methods"].items()
-        if "cov_rel_error" in r.get("metrics", {})
+        if "cov_rel_error" in r.get("metrics", {}) and m != results.get("reference")
     ]
     if not rows:
         return []
@@ -300,7 +300,8 @@ def plot_ppca_cov_error(results, idatas, fig_dir: Path) -> list[Section]:
         (
             "Error of the covariance",
             path.name,
-            "Against the reference, on what the data identify: the covariance C = W W^T + "
+            f"Against the reference ({html.escape(str(results.get('reference')))}), on what the"
+            " data identify: the covariance C = W W^T + "
             "sigma^2 I of the posterior means and the principal subspace of W (raw W would "
             "differ by an arbitrary rotation). A method whose draws spread along a flat "
             "direction (Laplace with a singular Hessian) has a large C error.",
