@@ -106,6 +106,9 @@ PRIOR_PRESETS: dict[str, dict[str, float]] = {
 #: their difference make the sort order ambiguous.
 AMBIGUOUS_GAP_Z = 3.0
 
+#: relabel without a reference: rounds of matching the draws to their own mean at most.
+MAX_RELABEL_ROUNDS = 20
+
 
 @dataclass(frozen=True)
 class Priors:
@@ -601,6 +604,17 @@ def _hungarian(draws: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarr
     return perm
 
 
+def _permuted(draws: Mapping[str, np.ndarray], perm: np.ndarray) -> dict[str, np.ndarray]:
+    """The mixture sites of ``draws`` with component ``perm[c, s, j]`` of each draw put at
+    position j."""
+    out = {}
+    for site in SITES:
+        if site in draws:
+            index = perm if site == "weights" else perm[..., None]
+            out[site] = np.take_along_axis(np.asarray(draws[site]), index, axis=2)
+    return out
+
+
 def relabel(
     draws: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray] | None = None
 ) -> Relabelled:
@@ -618,7 +632,8 @@ def relabel(
     -------
     Relabelled
         ``draws`` with ``weights``, ``locs`` and ``scales`` permuted consistently, and
-        ``info``: ``relabel_method`` ("sort" or "hungarian"), ``label_swaps`` (the number of
+        ``info``: ``relabel_method`` ("sort", "hungarian" or "hungarian to own mean"),
+        ``label_swaps`` (the number of
         consecutive draw pairs within a chain whose permutation to the canonical order
         differs: the label switches the method made), ``label_swaps_per_chain``
         (comma-separated) and ``relabel_min_gap_z`` (the smallest gap z below; absent when
@@ -634,7 +649,10 @@ def relabel(
     ``reference`` is given, each draw is matched to the reference's mean components by a
     Hungarian assignment (``scipy.optimize.linear_sum_assignment``) minimizing the squared
     distance over locs, log scales and weights, each standardized by its spread in the
-    reference. Without a reference the sort is used anyway.
+    reference. Without a reference (the reference method's own draws), each draw is matched
+    the same way to the mean of all the draws, starting from the sorted labels and repeated
+    until no draw changes (at most ``MAX_RELABEL_ROUNDS`` rounds; Stephens 2000): the labels
+    are then consistent across draws, in the order of the sorted start.
     """
     if "locs" not in draws:
         raise ZooInputError("relabel needs the 'locs' draws (chain, draw, component, feature)")
@@ -653,13 +671,18 @@ def relabel(
         if gap_z <= AMBIGUOUS_GAP_Z:
             perm = _hungarian(draws, reference).reshape(chains, num_draws, k)
             method = "hungarian"
-    out = dict(draws)
-    for site in SITES:
-        if site not in draws:
-            continue
-        values = np.asarray(draws[site])
-        index = perm if site == "weights" else perm[..., None]
-        out[site] = np.take_along_axis(values, index, axis=2)
+    elif gap_z <= AMBIGUOUS_GAP_Z and chains * num_draws > 1:
+        # No reference (the reference method itself): match every draw to the mean of the
+        # draws, from the sorted labels, until no draw changes (Stephens 2000's relabelling
+        # with a squared-distance loss). A sort would split a component whose first
+        # coordinate overlaps another's between the two.
+        for _ in range(MAX_RELABEL_ROUNDS):
+            matched = _hungarian(draws, _permuted(draws, perm)).reshape(chains, num_draws, k)
+            if np.array_equal(matched, perm):
+                break
+            perm = matched
+        method = "hungarian to own mean"
+    out = {**dict(draws), **_permuted(draws, perm)}
     swaps = np.any(perm[:, 1:] != perm[:, :-1], axis=-1).sum(axis=1)
     info: dict[str, float | int | str] = {
         "relabel_method": method,
