@@ -136,6 +136,7 @@ def criteria(per_k: dict[int, Comparison]) -> dict:
             row["elpd_loo"] = nuts["metrics"]["elpd_loo"]
             row["elpd_loo_se"] = nuts["metrics"].get("elpd_loo_se", math.nan)
             loo_inputs[f"k{k}"] = comparison.idata["nuts"]
+            obs = next(iter(comparison.idata["nuts"].observed_data.data_vars))
         mean_field = recs.get("mean_field", {}).get("diagnostics", {})
         if isinstance(mean_field.get("final_elbo"), float | int):
             row["elbo"] = float(mean_field["final_elbo"])
@@ -152,7 +153,8 @@ def criteria(per_k: dict[int, Comparison]) -> dict:
     if len(loo_inputs) >= 2:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pareto-k warnings: loo_khat_* say it per method
-            frame = az.compare(loo_inputs, ic="loo")
+            # The fitted rows' log-likelihood; held-out rows (<obs>_test) are not LOO's.
+            frame = az.compare(loo_inputs, ic="loo", var_name=obs)
         for name, entry in frame.iterrows():
             table.append(
                 {

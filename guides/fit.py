@@ -81,6 +81,9 @@ class FitConfig:
 class FitResult:
     """A fitted guide with its ELBO trace and cost.
 
+    ``model`` is the model :meth:`sample` pushes draws through: the one fitted, or for a
+    zoo ``Posterior`` the form with every local latent summed out.
+
     ``elbo[i]`` is the ELBO estimate at step i; for delta and Laplace (L-BFGS), the log joint
     at the i-th iterate, the last entry at the final point. ``final_elbo`` is the fit's
     objective at its end: for SVI the mean of the last ``window`` estimates (at the smallest
@@ -105,9 +108,11 @@ class FitResult:
     info: dict[str, object] = field(default_factory=dict)
 
     def sample(self, num_draws: int, *, seed: int) -> dict[str, np.ndarray]:
-        """Draws from the fitted guide, pushed through the model (deterministic sites too)."""
+        """Draws of the global latent sites from the fitted guide, pushed through the model
+        (deterministic sites too). Per-row sites (an enumerated assignment, an amortized
+        guide's z) are left out; for an amortized guide the draws are its globals'."""
         draws, _ = draw(
-            self.guide,
+            getattr(self.guide, "globals", None) or self.guide,
             self.model,
             self.data,
             num_draws,
@@ -370,9 +375,11 @@ def fit_guide(
     spec = get_guide(name)
     if config.init not in INITS:
         raise ZooInputError(f"unknown init '{config.init}'; choose one of: {', '.join(INITS)}")
-    init_values, num_starts = None, 1
+    init_values, num_starts, draws_model = None, 1, None
     if isinstance(model, Posterior):
         post = model
+        # Draws of the globals are pushed through the form with every local latent summed out.
+        draws_model = post.sampler_model or post.model
         if data:
             raise ValueError("fit_guide on a Posterior takes its data from it; pass none")
         data, max_plate_nesting = dict(post.data), post.max_plate_nesting
@@ -458,6 +465,8 @@ def fit_guide(
         result.info["warmup_steps"] = warmup.steps
     result.name = spec.name
     result.hidden = tuple(hidden)
+    if draws_model is not None:
+        result.model = draws_model
     if extra:
         result.grad_evals += extra["grad_evals"]
         result.wall_s += extra["wall_s"]
@@ -594,8 +603,10 @@ def draw(
     log importance weights log p(x, z) - log q(z) of each draw.
 
     Vectorized, in as few passes as keep draws x data values under :data:`DRAW_BUDGET`.
-    Sites are returned with the draw axis first and the plate axes squeezed, which assumes
-    the global sites sit outside every plate (true of the zoo's global latents).
+    Global sites (outside every plate, as the zoo's are) are returned with the draw axis
+    first; per-row sites inside a plate are left out. ``log_w`` is right only for a model
+    whose local latents are summed out (``Posterior.sampler_model``): an enumerated or local
+    site is drawn from its prior, not summed.
     """
     size = max(1, sum(int(v.numel()) for v in data.values() if torch.is_tensor(v)))
     chunk = max(1, min(num_draws, DRAW_BUDGET // size))
@@ -616,6 +627,8 @@ def draw(
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample" or (site["is_observed"] and not _is_deterministic(site)):
                 continue
+            if any(f.name != "num_particles_vectorized" for f in site["cond_indep_stack"]):
+                continue  # a per-row site (in a data plate): not a global latent
             value = site["value"].reshape(
                 (num,) + tuple(site["value"].shape[1 + max_plate_nesting :])
             )

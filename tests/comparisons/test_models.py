@@ -168,7 +168,8 @@ def test_selection_merges_methods_per_k(tmp_path):
     frame, _ = gmm.simulate(0, num_components=2, num_data=50, num_features=1, separation=8.0)
     out_dir = tmp_path / "sel"
     result = select_components(
-        lambda k: gmm.make_posterior(frame, num_components=k),
+        # Held-out rows too: ArviZ's compare must be told which log-likelihood is LOO's.
+        lambda k: gmm.make_posterior(frame, num_components=k, test_fraction=0.2),
         [1, 2],
         preset=TINY,
         seed=0,
@@ -183,6 +184,10 @@ def test_selection_merges_methods_per_k(tmp_path):
     rows = results["selection"]["criteria"]
     assert [r["k"] for r in rows] == [1, 2]
     assert all({"elpd_loo", "elbo", "bic"} <= set(r) for r in rows)
+    assert [t["k"] for t in sorted(results["selection"]["loo_compare"], key=lambda t: t["k"])] == [
+        1,
+        2,
+    ]
     assert (out_dir / "figures" / "selection.png").is_file()
     assert "Number of components" in (out_dir / "index.html").read_text()
     with pytest.raises(ZooInputError, match="at least two"):

@@ -112,6 +112,10 @@ def test_amortized_on_a_posterior_fits_globals_and_encoder(data):
     assert float(point["sigma"]) == pytest.approx(ml.sigma, rel=0.03)
     angles = ppca.principal_angles(point["loadings"].numpy(), ml.loadings)
     assert angles.max() < 3.0
+    # Draws are of the globals (a point here), through the form with z summed out.
+    draws = result.sample(5, seed=1)
+    assert set(draws) == {"loadings", "mean", "sigma"}
+    np.testing.assert_array_equal(draws["sigma"], np.full(5, float(point["sigma"])))
 
 
 def test_amortized_needs_local_latents():

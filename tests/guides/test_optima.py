@@ -361,3 +361,17 @@ def test_stochastic_guides_are_scale_free(name):
         # came out 99% too small and the small one's mean 0.15 sd off.
         assert abs(draws[site].mean() - mean) / sd < 0.05, site
         assert abs(draws[site].std() / sd - 1) < 0.04, site
+
+
+@pytest.mark.parametrize("latent_dim", [2, 3])
+def test_laplace_finds_the_rotations_of_ppca_flat(latent_dim):
+    """PPCA's posterior is the same for W and W R, R orthogonal: at the mode it is flat along
+    the K(K-1)/2 directions of rotation, whatever the data, and the status says so."""
+    from zoo import ppca
+
+    frame, _ = ppca.simulate(0, num_data=100, num_features=5, latent_dim=latent_dim)
+    result = fit_guide("laplace", ppca.make_posterior(frame, latent_dim=latent_dim), seed=0)
+    flat = latent_dim * (latent_dim - 1) // 2
+    assert result.info["hessian"].startswith(
+        f"singular: the posterior is flat, or nearly, along {flat} "
+    )

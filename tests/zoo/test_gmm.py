@@ -368,6 +368,19 @@ def test_map_matches_em_with_weak_priors(_map_case):
     assert 0 < em.log_likelihood - map_ll < 2 * drop
 
 
+def test_draws_of_a_guide_on_the_enumerated_model_are_of_the_globals():
+    from guides import FitConfig, fit_guide
+
+    post = _post(k=2, n=30)
+    quick = FitConfig(num_steps=100, min_steps=50, window=25)
+    draws = fit_guide("mean_field", post, seed=0, config=quick).sample(7, seed=1)
+    assert {k: v.shape for k, v in draws.items()} == {
+        "weights": (7, 2),
+        "locs": (7, 2, 2),
+        "scales": (7, 2, 2),
+    }
+
+
 def test_map_of_the_enumerated_model_is_that_of_the_marginal_one(_map_case):
     _, _, point, marginal_point, _ = _map_case
     for k in gmm.SITES:  # one objective (see test_enumerated_model_equals_marginal)
