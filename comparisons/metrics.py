@@ -219,8 +219,10 @@ def verdict(method: str, record: Mapping[str, Mapping], *, reference: str | None
         notes.append("optimizer did not converge")
     if method == reference:
         notes.insert(0, "reference")
-    elif "max_abs_mean_z" not in met and record.get("summary") and all(
-        s["sd"] == 0 for s in record["summary"].values()
+    elif (
+        "max_abs_mean_z" not in met
+        and record.get("summary")
+        and all(s["sd"] == 0 for s in record["summary"].values())
     ):
         notes.append("point estimate: no uncertainty")
     elif "max_abs_mean_z" in met:
