@@ -76,6 +76,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         type=int,
         help="rows per SVI step (minibatch SVI, for models that allow it: gmm)",
     )
+    p.add_argument("--encoder", help="encoder of the amortized guide: linear (default) or mlp")
+    p.add_argument(
+        "--amortized-globals",
+        help="guide of the globals beside the amortized encoder: delta (default) or mean_field",
+    )
     p.add_argument("--progress", action="store_true", help="show progress bars")
     reg = p.add_argument_group("linear_regression")
     reg.add_argument("--degree", type=int, help="polynomial basis x..x^degree of one feature")
@@ -233,12 +238,29 @@ def _print_methods(results: dict) -> None:
 
 
 def _preset(args: argparse.Namespace, spec, num_rows: int):
-    """The named preset, with minibatch SVI when --batch-size asks for it."""
+    """The named preset, with minibatch SVI (--batch-size) and the amortized guide's options
+    (--encoder, --amortized-globals) where they are asked for."""
     import dataclasses
 
     from comparisons.runners import PRESETS
+    from guides import ENCODERS
+    from guides.amortized import GLOBAL_GUIDES
 
     preset = PRESETS[args.preset]
+    amortized = {}
+    for flag, value, key, choices in (
+        ("--encoder", args.encoder, "encoder", ENCODERS),
+        ("--amortized-globals", args.amortized_globals, "global_guide", GLOBAL_GUIDES),
+    ):
+        if value is None:
+            continue
+        if "amortized" not in spec.guides:
+            raise ZooInputError(f"{flag} is for the amortized guide, which {spec.name} has not")
+        if value not in choices:
+            raise ZooInputError(f"unknown {flag} '{value}'; choose one of: {', '.join(choices)}")
+        amortized[key] = value
+    if amortized:
+        preset = dataclasses.replace(preset, guide_options={"amortized": amortized})
     if args.batch_size is None:
         return preset
     if not spec.minibatch:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +22,8 @@ from zoo import Posterior, ZooInputError, get_model
 
 @dataclass(frozen=True)
 class Preset:
-    """How much work each method gets."""
+    """How much work each method gets, and the options of guide families that have some
+    (``guide_options["amortized"] = {"encoder": "mlp", "global_guide": "mean_field"}``)."""
 
     name: str
     num_chains: int
@@ -30,6 +31,7 @@ class Preset:
     num_samples: int
     num_draws: int
     fit: FitConfig
+    guide_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
 
 PRESETS: dict[str, Preset] = {
@@ -170,7 +172,13 @@ def run_svi(
     config = FitConfig(**{**preset.fit.__dict__, "progress": progress})
     start = time.perf_counter()
     try:
-        result = fit_guide(spec.name, posterior, seed=seed, config=config)
+        result = fit_guide(
+            spec.name,
+            posterior,
+            seed=seed,
+            config=config,
+            options=preset.guide_options.get(spec.name),
+        )
     except (FitError, FloatingPointError) as exc:
         return MethodRun(
             method=spec.name,

@@ -182,6 +182,11 @@ BAD_INPUT = {
         ["compare", "gmm", "--methods", "flow"],
         "guide 'flow' does not apply to gmm; it takes: delta, laplace, mean_field, full_rank",
     ),
+    "encoder for regression": ([*LR, "--encoder", "mlp"], "--encoder is for the amortized"),
+    "unknown encoder": (
+        ["compare", "ppca", "--encoder", "cnn"],
+        "unknown --encoder 'cnn'; choose one of: linear, mlp",
+    ),
     # argparse's own errors keep to one line too.
     "fit without a method": (["fit", "linear_regression"], "--method"),
     "dataset and data": ([*LR, "--dataset", "kidiq", "--data", "ok.csv"], "not allowed with"),
@@ -349,10 +354,28 @@ def test_choosing_k_and_fitting_an_amortized_guide(workdir, capsys, tiny_smoke):
     assert [r["k"] for r in results["selection"]["criteria"]] == [1, 2]
 
     code, out, err = _zoo(
-        ["fit", "ppca", "--dataset", "iris", "--method", "amortized", "--preset", "smoke"],
+        [
+            "fit",
+            "ppca",
+            "--dataset",
+            "iris",
+            "--method",
+            "amortized",
+            "--encoder",
+            "mlp",
+            "--amortized-globals",
+            "mean_field",
+            "--preset",
+            "smoke",
+        ],
         capsys,
     )
     assert code == 0, err
     report = Path("reports") / "ppca-iris-amortized"
     assert out.splitlines()[-1] == f"report: {report / 'index.html'}"
     assert (workdir / report / "figures" / "latents.png").is_file()
+    diagnostics = json.loads((workdir / report / "results.json").read_text())["methods"][
+        "amortized"
+    ]["diagnostics"]
+    assert (diagnostics["encoder"], diagnostics["global_guide"]) == ("mlp", "mean_field")
+    assert "khat" in diagnostics  # mean-field globals have a density
