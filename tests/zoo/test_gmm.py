@@ -21,6 +21,7 @@ from sklearn.mixture import GaussianMixture
 
 from zoo import gmm
 from zoo.errors import ZooInputError
+from zoo.gmm.model import _log_joint_rows
 from zoo.posterior import ClosedForm, Posterior
 
 NUM_DRAWS = 4
@@ -342,7 +343,7 @@ def test_map_matches_em_with_weak_priors(_map_case):
     assert result.info["init"].startswith("best of 5 MAP starts")
     x = post.data["x"].numpy()
     pri = gmm.default_priors(x, prior="weak")
-    resp = gmm._log_joint_rows(x, em.weights, em.locs, em.scales**2)
+    resp = _log_joint_rows(x, em.weights, em.locs, em.scales**2)
     nk = np.exp(resp - logsumexp(resp, axis=1, keepdims=True)).sum(0)[:, None]
     sd = em.scales
     # How far the weak prior moves the mode from the ML point, to first order (per component,

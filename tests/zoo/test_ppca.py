@@ -18,6 +18,7 @@ from vectorization import log_joint, log_joints, prior_draws
 from zoo import ppca
 from zoo.errors import ZooInputError
 from zoo.posterior import ClosedForm
+from zoo.ppca.model import _global_sites
 
 NUM_DRAWS = 4
 
@@ -66,7 +67,7 @@ def test_every_form_vectorizes(form):
 
 def _matmul_local_model(x=None, *, latent_dim, priors, num_data=None):
     """local_model with the pitfall: z @ W^T instead of (W * z[..., None, :]).sum(-1)."""
-    loadings, mean, sigma = ppca._global_sites(priors, latent_dim, torch.float64, None)
+    loadings, mean, sigma = _global_sites(priors, latent_dim, torch.float64, None)
     with pyro.plate("data", x.shape[-2] if x is not None else num_data):
         z = pyro.sample("z", dist.Normal(torch.zeros(latent_dim), 1.0).to_event(1))
         loc = mean + z @ loadings.transpose(-1, -2)  # (P, N, K) @ (P, 1, K, D) -> (P, P, N, D)

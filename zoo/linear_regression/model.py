@@ -1,0 +1,241 @@
+"""The regression's priors (scaled to the data, or conjugate), its Pyro model and ``simulate``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyro
+import pyro.distributions as dist
+import torch
+from torch.distributions.transforms import PowerTransform
+
+from zoo.errors import ZooInputError
+
+SIGMA_PRIORS = ("exponential", "half_normal", "half_cauchy")
+
+
+PRIOR_FAMILIES = ("weakly_informative", "conjugate")
+
+
+@dataclass(frozen=True)
+class Priors:
+    """Resolved prior of the regression, in the units of the data.
+
+    ``intercept_loc``/``intercept_scale`` are for the intercept at the predictor means
+    (``intercept_c``) when there is centering, else for the intercept at x = 0 given the
+    coefficients. ``coef_scale`` has one entry per feature. ``sigma_scale`` is the mean of
+    the exponential prior, the scale of the half-normal/half-Cauchy, or, for the conjugate
+    family, the reference scale s such that ``sigma^2 ~ InverseGamma(a0, a0 s^2)`` and the
+    intercept and coefficient scales are multiplied by ``sigma / s``.
+    """
+
+    family: str
+    intercept_loc: float
+    intercept_scale: float
+    coef_scale: tuple[float, ...]
+    sigma_prior: str
+    sigma_scale: float
+    sigma_shape: float = 2.0
+    sigma_known: float | None = None
+
+    def describe(self, feature_names: Sequence[str], intercept: bool) -> str:
+        coefs = ", ".join(f"{n}: {s:.3g}" for n, s in zip(feature_names, self.coef_scale))
+        given = " (x sigma/s)" if self.family == "conjugate" else ""
+        parts = []
+        if self.sigma_known is not None:
+            parts.append(f"sigma = {self.sigma_known:.4g} (known)")
+        elif self.family == "conjugate":
+            parts.append(
+                f"sigma^2 ~ InverseGamma({self.sigma_shape:g}, {self.sigma_shape:g} * "
+                f"{self.sigma_scale:.4g}^2)"
+            )
+        else:
+            parts.append(f"sigma ~ {self.sigma_prior}({self.sigma_scale:.4g})")
+        if intercept:
+            parts.append(
+                f"intercept ~ Normal({self.intercept_loc:.4g}, {self.intercept_scale:.4g}{given})"
+            )
+        parts.append(f"coef ~ Normal(0, [{coefs}]{given})")
+        return "; ".join(parts)
+
+
+def _sigma_distribution(priors: Priors, dtype: torch.dtype) -> dist.Distribution:
+    scale = torch.tensor(priors.sigma_scale, dtype=dtype)
+    if priors.family == "conjugate":
+        shape = torch.tensor(priors.sigma_shape, dtype=dtype)
+        variance = dist.InverseGamma(shape, shape * scale**2)
+        return dist.TransformedDistribution(
+            variance, [PowerTransform(torch.tensor(0.5, dtype=dtype))]
+        )
+    if priors.sigma_prior == "exponential":
+        return dist.Exponential(1.0 / scale)
+    if priors.sigma_prior == "half_normal":
+        return dist.HalfNormal(scale)
+    return dist.HalfCauchy(scale)
+
+
+def model(
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    priors: Priors,
+    x_mean: torch.Tensor | None = None,
+    center: bool = True,
+    intercept: bool = True,
+) -> torch.Tensor:
+    """Pyro model of Bayesian linear regression (see the module docstring).
+
+    Parameters
+    ----------
+    x : tensor (N, D)
+        Predictors (after any polynomial expansion).
+    y : tensor (N,), optional
+        Response; None draws from the prior predictive.
+    priors : Priors
+        Resolved priors (see :func:`default_priors`).
+    x_mean : tensor (D,), optional
+        Predictor means of the training rows, where the intercept prior is placed; None
+        uses the means of ``x``. Pass the training means when ``x`` holds new rows.
+    center : bool
+        True samples the intercept at the predictor means (site ``intercept_centered``) and
+        reports ``intercept`` as a deterministic site; False samples ``intercept`` directly.
+        Both give the same posterior.
+    intercept : bool
+        False fits a regression through the origin.
+
+    Returns
+    -------
+    tensor (N,)
+        The mean of y for each row.
+    """
+    dtype = x.dtype
+    if priors.sigma_known is None:
+        sigma = pyro.sample("sigma", _sigma_distribution(priors, dtype))
+    else:
+        sigma = torch.tensor(priors.sigma_known, dtype=dtype)
+    # In the conjugate family the scales of the intercept and coefficients grow with sigma.
+    factor = (
+        sigma / priors.sigma_scale if priors.family == "conjugate" else torch.ones((), dtype=dtype)
+    )
+    coef_scale = torch.as_tensor(priors.coef_scale, dtype=dtype)
+    coef = pyro.sample(
+        "coef",
+        dist.Normal(torch.zeros_like(coef_scale), factor.unsqueeze(-1) * coef_scale).to_event(1),
+    )
+    # Global latents keep their batch dims left of the data plate, so every product with the
+    # data is written (x * coef).sum(-1), never x @ coef (STYLE.md, vectorized particles).
+    if not intercept:
+        mean = (x * coef).sum(-1)
+    else:
+        xbar = x.mean(0) if x_mean is None else x_mean
+        if center:
+            a = pyro.sample(
+                "intercept_centered",
+                dist.Normal(priors.intercept_loc, factor * priors.intercept_scale),
+            )
+            pyro.deterministic("intercept", a - (xbar * coef).sum(-1))
+            mean = a + ((x - xbar) * coef).sum(-1)
+        else:
+            loc = priors.intercept_loc - (xbar * coef).sum(-1)
+            b = pyro.sample("intercept", dist.Normal(loc, factor * priors.intercept_scale))
+            mean = b + (x * coef).sum(-1)
+    with pyro.plate("data", x.shape[-2]):
+        pyro.sample("y", dist.Normal(mean, sigma), obs=y)
+    return mean
+
+
+def default_priors(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    family: str = "weakly_informative",
+    intercept_scale: float | None = None,
+    coef_scale: float | Sequence[float] | None = None,
+    sigma_prior: str = "exponential",
+    sigma_scale: float | None = None,
+    sigma_known: float | None = None,
+) -> Priors:
+    """Weakly informative priors scaled to the data, as rstanarm sets them.
+
+    Unset scales default to ``2.5 sd(y)`` (intercept), ``2.5 sd(y) / sd(x_d)`` (coefficients)
+    and ``sd(y)`` (sigma); given ones are used as they are, in the units of the data.
+    """
+    if family not in PRIOR_FAMILIES:
+        raise ZooInputError(f"unknown prior '{family}'; choose one of: {', '.join(PRIOR_FAMILIES)}")
+    if sigma_prior not in SIGMA_PRIORS:
+        raise ZooInputError(
+            f"unknown sigma prior '{sigma_prior}'; choose one of: {', '.join(SIGMA_PRIORS)}"
+        )
+    for name, value in (
+        ("intercept scale", intercept_scale),
+        ("sigma scale", sigma_scale),
+        ("known sigma", sigma_known),
+    ):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ZooInputError(f"{name} must be a positive number, got {value}")
+    sd_y = float(np.std(y, ddof=1)) if len(y) > 1 else 1.0
+    if not sd_y > 0:
+        raise ZooInputError("the response is constant; a regression needs a response that varies")
+    sd_x = np.std(x, axis=0, ddof=1) if len(x) > 1 else np.ones(x.shape[1])
+    if coef_scale is None:
+        scales = tuple(float(2.5 * sd_y / s) for s in sd_x)
+    else:
+        given = np.broadcast_to(np.asarray(coef_scale, dtype=float), (x.shape[1],))
+        if not np.all(np.isfinite(given) & (given > 0)):
+            raise ZooInputError(
+                f"coefficient prior scales must be positive numbers, got {coef_scale}"
+            )
+        scales = tuple(float(s) for s in given)
+    return Priors(
+        family=family,
+        intercept_loc=float(np.mean(y)),
+        intercept_scale=float(2.5 * sd_y if intercept_scale is None else intercept_scale),
+        coef_scale=scales,
+        sigma_prior=sigma_prior,
+        sigma_scale=float(sd_y if sigma_scale is None else sigma_scale),
+        sigma_known=sigma_known,
+    )
+
+
+def simulate(
+    seed: int,
+    num_data: int = 100,
+    num_features: int = 3,
+    *,
+    correlation: float = 0.0,
+    intercept: float = 1.0,
+    coef: Sequence[float] | None = None,
+    sigma: float = 1.0,
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Simulate a regression data set with known parameters.
+
+    Features are standard normal with pairwise ``correlation``; ``coef`` defaults to
+    1, -0.5, 0.25, ... Returns a DataFrame with columns ``x1..xD`` and ``y``, and the true
+    ``intercept``, ``coef`` and ``sigma``.
+    """
+    if num_data < 2 or num_features < 1:
+        raise ZooInputError("simulate needs num_data >= 2 and num_features >= 1")
+    if not -1.0 / max(num_features - 1, 1) < correlation < 1.0:
+        raise ZooInputError(f"correlation {correlation} does not give a valid correlation matrix")
+    rng = np.random.default_rng(seed)
+    corr = np.full((num_features, num_features), correlation) + (1 - correlation) * np.eye(
+        num_features
+    )
+    x = rng.standard_normal((num_data, num_features)) @ np.linalg.cholesky(corr).T
+    true_coef = (
+        np.asarray(coef, dtype=float)
+        if coef is not None
+        else np.array([(-0.5) ** j for j in range(num_features)])
+    )
+    if true_coef.shape != (num_features,):
+        raise ZooInputError(f"coef must have {num_features} entries, got {true_coef.shape[0]}")
+    y = intercept + x @ true_coef + sigma * rng.standard_normal(num_data)
+    frame = pd.DataFrame(x, columns=[f"x{j + 1}" for j in range(num_features)])
+    frame["y"] = y
+    frame.attrs["source"] = "simulated"
+    truth = {"intercept": np.array(intercept), "coef": true_coef, "sigma": np.array(sigma)}
+    return frame, truth
