@@ -2,9 +2,10 @@
 
 The blocks of one file run in order in one namespace, in-process (importing torch, Pyro and
 ArviZ costs ~6 s, paid once), with the working directory changed to pytest's ``tmp_path`` so
-that an example writes only there. Only blocks whose info string is exactly ``python`` run;
-write ``text`` or ``bash`` for anything else. Tracebacks point at the line of the Markdown
-file. A coverage test fails when a registered guide or model has no page.
+that an example writes only there. They start in float32, as a fresh interpreter does. Only
+blocks whose info string is exactly ``python`` run; write ``text`` or ``bash`` for anything
+else. Tracebacks point at the line of the Markdown file. A coverage test fails when a
+registered guide or model has no page.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from guides import GUIDES
 from zoo import MODELS
@@ -90,8 +92,11 @@ def test_block_parser():
 def test_examples_run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run the file's python blocks in order in one namespace, in a temporary folder.
 
-    README.md is always collected; a page without python blocks passes trivially."""
+    README.md is always collected; a page without python blocks passes trivially. The blocks
+    start in torch's own default dtype (float32), not the tests' float64, as in a user's fresh
+    interpreter: a page whose numbers are float64's must say so itself."""
     monkeypatch.chdir(tmp_path)
+    torch.set_default_dtype(torch.float32)  # the autouse fixture restores it afterwards
     namespace: dict[str, object] = {"__name__": "__docs__"}
     for start, code in python_blocks(path.read_text(encoding="utf-8")):
         # Leading newlines keep the line numbers of the Markdown file in tracebacks.
@@ -112,3 +117,14 @@ def test_every_guide_and_model_has_a_page(folder: str, names: list[str]) -> None
 def test_comparisons_page_exists() -> None:
     page = DOCS / "comparisons.md"
     assert page.is_file() and python_blocks(page.read_text())
+
+
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("path", PAGES, ids=_id)
+def test_images_exist(path: Path) -> None:
+    """Every image a page shows is in the repository (``make docs-figures`` remakes them)."""
+    text = path.read_text(encoding="utf-8")
+    missing = [src for src in IMAGE.findall(text) if not (path.parent / src).is_file()]
+    assert not missing, f"{_id(path)} shows images that are not there: {', '.join(missing)}"
