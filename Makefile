@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch 2.13.0 is the one pinned in pyproject.toml.
 PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint docs-figures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_linear_regression.py
 	$(BIN)/python benchmarks/bench_gmm.py
+
+# Remakes docs/figures/ from the examples of the pages that show them.
+docs-figures: $(VENV)/.installed-test
+	$(BIN)/python docs/make_figures.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check zoo guides comparisons tests benchmarks
