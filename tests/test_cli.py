@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jsonschema
 import pytest
+from helpers import validate
 
 import comparisons.runners as runners
 from comparisons import Preset
@@ -21,8 +21,6 @@ from comparisons.cli import main
 from guides import GUIDES, FitConfig
 from zoo import MODELS
 from zoo.linear_regression import DATASETS
-
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "shared" / "results.schema.json"
 
 #: Stands in for the smoke preset (about 2 minutes) in the in-process runs.
 TINY = Preset(
@@ -62,12 +60,6 @@ def _snapshot(root: Path) -> dict[str, bytes | None]:
         str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
         for p in sorted(root.rglob("*"))
     }
-
-
-def _validate(results: dict) -> None:
-    assert SCHEMA_PATH.is_file(), f"results schema not found at {SCHEMA_PATH}"
-    schema = json.loads(SCHEMA_PATH.read_text())
-    jsonschema.Draft202012Validator(schema).validate(results)
 
 
 @pytest.fixture
@@ -262,7 +254,7 @@ def test_compare_fit_and_report_write_what_they_announce(workdir, capsys, tiny_s
     assert "reference" in lines[0]
     assert (workdir / "cmp" / "index.html").is_file()
     results = json.loads((workdir / "cmp" / "results.json").read_text())
-    _validate(results)
+    validate(results)
     assert (results["preset"], results["reference"]) == ("smoke", "exact")
     assert (results["num_data"], results["num_test"]) == (160, 40)  # --test-fraction 0.2
     assert {p.name for p in (workdir / "cmp").glob("*.nc")} == {
@@ -289,7 +281,7 @@ def test_compare_fit_and_report_write_what_they_announce(workdir, capsys, tiny_s
     assert code == 0, err
     assert out.splitlines()[-1] == f"report: {Path('fit') / 'index.html'}"
     results = json.loads((workdir / "fit" / "results.json").read_text())
-    _validate(results)
+    validate(results)
     assert list(results["methods"]) == ["mean_field"] and results["reference"] is None
     assert sorted(p.name for p in (workdir / "fit").iterdir()) == [
         "figures",
@@ -349,7 +341,7 @@ def test_choosing_k_and_fitting_an_amortized_guide(workdir, capsys, tiny_smoke):
     lines = out.splitlines()
     assert lines[-2].startswith("chosen K: ") and "bic" in lines[-2]
     results = json.loads((workdir / "k" / "results.json").read_text())
-    _validate(results)
+    validate(results)
     assert set(results["methods"]) == {"em-k1", "em-k2", "mean_field-k1", "mean_field-k2"}
     assert [r["k"] for r in results["selection"]["criteria"]] == [1, 2]
 

@@ -28,12 +28,17 @@ def _mixture():
     return gmm.make_posterior(frame, num_components=2, test_fraction=0.2, truth=truth)
 
 
+def _compared(tmp_path_factory, name: str, make) -> tuple:
+    """Every default method of ``make()`` under the tiny preset: (out_dir, results)."""
+    out_dir = tmp_path_factory.mktemp(name) / "out"
+    with numerics():
+        compare(make(), preset=TINY, seed=0, out_dir=out_dir)
+    return out_dir, json.loads((out_dir / "results.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def gmm_run(tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("gmm") / "out"
-    with numerics():
-        compare(_mixture(), preset=TINY, seed=0, out_dir=out_dir)
-    return out_dir, json.loads((out_dir / "results.json").read_text())
+    return _compared(tmp_path_factory, "gmm", _mixture)
 
 
 def test_mixture_comparison_writes_every_method_and_the_components_figure(gmm_run):
@@ -85,10 +90,7 @@ def _ppca():
 
 @pytest.fixture(scope="module")
 def ppca_run(tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("ppca") / "out"
-    with numerics():
-        compare(_ppca(), preset=TINY, seed=0, out_dir=out_dir)
-    return out_dir, json.loads((out_dir / "results.json").read_text())
+    return _compared(tmp_path_factory, "ppca", _ppca)
 
 
 def test_ppca_comparison_judges_on_identified_quantities(ppca_run):

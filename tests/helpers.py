@@ -1,5 +1,5 @@
-"""What the comparison tests share: the numerics of tests/conftest.py for module-scoped
-fixtures, the results.json schema check, and a preset that exercises every code path."""
+"""What the tests share: their numerics (for tests/conftest.py and for module-scoped
+fixtures), the results.json schema check, and a preset that exercises every code path."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from comparisons import Preset
 from guides import FitConfig
 
-SCHEMA_PATH = Path(__file__).resolve().parents[3] / "shared" / "results.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "shared" / "results.schema.json"
 
 #: Enough work for every code path, far too little for accuracy: tests with it check
 #: plumbing and exact identities (reference = itself, point = no spread), never closeness.
@@ -31,11 +31,12 @@ TINY = Preset(
 
 @contextmanager
 def numerics() -> Iterator[None]:
-    """The settings of tests/conftest.py, for module-scoped fixtures, which pytest sets up
-    before that function-scoped fixture runs."""
+    """float64, one thread, Pyro validation on, a clean param store and seed 0, restored
+    afterwards: every test runs in it (tests/conftest.py), and module-scoped fixtures, which
+    pytest sets up before that function-scoped fixture, enter it themselves."""
     dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
     torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # STYLE.md: 2 intra-op threads collapse on 2 cores
     pyro.enable_validation(True)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
