@@ -28,6 +28,9 @@ class AmortizedGuide(PyroModule):
     Its family is narrower than one free Gaussian per row: the gap between the best encoder
     and the best per-row Gaussians is the *amortization gap* (Cremer et al. 2018).
 
+    The encoder is registered with ``pyro.module``, so :func:`guides.fit` steps its weights
+    at ``FitConfig.network_lr`` (0.003), the globals' at ``FitConfig.lr``.
+
     Parameters
     ----------
     model : callable

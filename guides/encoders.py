@@ -2,6 +2,8 @@
 
 Registered by name in :data:`ENCODERS`. Each is a ``torch.nn.Module`` whose ``forward(x)``
 returns the distribution q(z | x) with event shape (K,) and batch shape that of the rows.
+Their weights are stepped at ``FitConfig.network_lr``, not at the rate of the globals'
+variational parameters (see :class:`guides.FitConfig`).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import AutoDelta, init_to_median, init_to_sample, init_to_value
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.optim import ClippedAdam
+from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER, normalize_param_name
 from tqdm.auto import tqdm
 
 from guides.laplace import LaplaceGuide
@@ -27,6 +28,13 @@ from guides.registry import INITS, get_guide
 from zoo import LocalLatents, Posterior, ZooInputError
 
 logger = logging.getLogger(__name__)
+
+
+#: Adam's learning rate of network parameters (``pyro.module``), see :class:`FitConfig`.
+NETWORK_LR = 0.003
+#: Standard errors (of the difference of two window means) by which a window must lie below
+#: the best one to count as a collapse rather than noise, see :class:`FitConfig`.
+FAR_BELOW = 4.0
 
 
 class FitError(RuntimeError):
@@ -43,7 +51,31 @@ class FitConfig:
     longer improves by more than its own noise) the learning rate is divided by 10, up to
     ``num_decays`` times; the next plateau ends the fit as converged. Averaging the noise out
     this way puts a stochastic fit much nearer its optimum than a constant rate would.
-    ``num_steps`` caps the whole fit; reaching it means not converged.
+    ``num_steps`` caps the whole fit; reaching it means not converged. ``max_seconds``, when
+    set, caps its wall time the same way: the fit stops after the step that exceeds it,
+    not converged, and ``FitResult.info["budget"]`` says so.
+
+    Network parameters (those registered with ``pyro.module``: an amortized guide's encoder,
+    a model's decoder) are stepped with ``network_lr`` instead of ``lr``; the decays apply
+    to both. Adam moves every weight by up to its rate each step, so a unit that sums 128
+    inputs moves by up to 128 times that: a rate right for the handful of variational
+    parameters of the globals (0.03-0.05) blows a perceptron up on its first steps (an
+    MLP encoder's ELBO fell from -8.7e3 to -1.2e6 at step 2 and collapsed again later).
+
+    The best parameters are kept: at every window check the mean ELBO of the last window is
+    compared with the best window's; a new best takes a copy of every parameter the fit
+    steps. When a plateau is counted while the last window lies far below the best (more
+    than ``FAR_BELOW`` standard errors of the difference: a collapse, not noise), the best
+    parameters are put back (Adam's moments reset) before the learning rate is divided; at
+    the end of the fit, a last window far below the best puts them back too, the fit is not
+    converged, and ``final_elbo`` is re-estimated there. ``info["rollbacks"]`` and
+    ``info["restored"]`` name the steps.
+
+    A guide with a callable attribute ``still_moving`` is asked at every window check
+    (every ``window`` steps, plateau or not, so it may keep its own history):
+    ``guide.still_moving()`` returns True while some quantity the ELBO's noise hides (a
+    dense covariance learning a strong correlation) is still changing, and a plateau seen
+    meanwhile is not counted: no decay, no convergence.
 
     ``init="map"`` starts a stochastic guide's location at the MAP point (a delta guide
     fitted by L-BFGS first, its cost counted in the fit's); ``"median"`` at the median of 15
@@ -65,6 +97,7 @@ class FitConfig:
 
     num_steps: int = 10_000
     lr: float = 0.03
+    network_lr: float = NETWORK_LR
     num_decays: int = 2
     num_particles: int | None = None
     min_steps: int = 500
@@ -75,6 +108,7 @@ class FitConfig:
     num_starts: int | None = None
     subsample_size: int | None = None
     progress: bool = False
+    max_seconds: float | None = None
 
 
 @dataclass
@@ -157,6 +191,75 @@ def _plateau(elbo: list[float], window: int, min_steps: int, rtol: float) -> boo
     return gain < 2.0 * se + rtol * abs(last.mean())
 
 
+def _window(values: list[float]) -> tuple[float, float]:
+    """Mean of a window of ELBO estimates and its standard error: the larger of the one for
+    independent estimates and the one from the means of 10 batches, which also sees the
+    slow wander of parameters stepped at a high rate (consecutive estimates correlate)."""
+    v = np.asarray(values)
+    if len(v) < 2:
+        return float(v.mean()), math.inf
+    se = v.std(ddof=1) / math.sqrt(len(v))
+    if len(v) >= 20:
+        batches = v[: len(v) // 10 * 10].reshape(10, -1).mean(axis=1)
+        se = max(se, batches.std(ddof=1) / math.sqrt(10))
+    return float(v.mean()), float(se)
+
+
+def _far_below(best: tuple[float, float], last: tuple[float, float], rtol: float) -> bool:
+    """True when the window mean ``last`` lies below ``best`` by more than ``FAR_BELOW``
+    standard errors of the difference (plus ``rtol`` of its size): a collapse, not noise."""
+    (best_mean, best_se), (mean, se) = best, last
+    return best_mean - mean > FAR_BELOW * math.hypot(best_se, se) + rtol * abs(mean)
+
+
+class _Best:
+    """The best window of a fit: its mean ELBO and standard error, the step it ended at and
+    a copy of every parameter the optimizer steps, taken then."""
+
+    def __init__(self) -> None:
+        self.stats: tuple[float, float] | None = None
+        self.step = 0
+        self.values: dict[torch.Tensor, torch.Tensor] = {}
+
+    def update(self, stats: tuple[float, float], step: int, params) -> None:
+        if self.stats is None or stats[0] > self.stats[0]:
+            self.stats, self.step = stats, step
+            self.values = {p: p.detach().clone() for p in params}
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for param, value in self.values.items():
+                param.copy_(value)
+
+
+def _network_names() -> set[str]:
+    """Names, as a per-parameter optimizer sees them, of the parameters registered with
+    ``pyro.module`` (torch modules: encoders, decoders)."""
+    return {
+        normalize_param_name(name)
+        for name in pyro.get_param_store().keys()
+        if _MODULE_NAMESPACE_DIVIDER in name
+    }
+
+
+def _optimizer(config: FitConfig) -> ClippedAdam:
+    """ClippedAdam with ``config.network_lr`` for network parameters, ``config.lr`` else."""
+
+    def args(name: str) -> dict[str, float]:
+        lr = config.network_lr if name in _network_names() else config.lr
+        return {"lr": lr, "clip_norm": config.clip_norm}
+
+    return ClippedAdam(args)
+
+
+def _scale_lr(optim: ClippedAdam, factor: float, *, reset: bool = False) -> None:
+    for opt in optim.optim_objs.values():
+        for group in opt.param_groups:
+            group["lr"] *= factor
+        if reset:  # Adam's moments of a collapse would throttle the steps from the best
+            opt.state.clear()
+
+
 def fit(
     model: Callable[..., object],
     guide: object,
@@ -173,23 +276,40 @@ def fit(
     TraceEnum_ELBO when ``enumerate`` (the model sums out its discrete sites marked by
     ``config_enumerate``; the guide must not contain them).
 
+    The schedule, the separate rate of network parameters, the best parameters kept, the
+    time budget and the ``guide.still_moving()`` hook are described in :class:`FitConfig`.
+    ``info`` says what happened beyond a plain fit: ``budget`` (the time limit was reached),
+    ``rollbacks`` (the best parameters put back after a collapse, mid-fit), ``restored``
+    (put back at the end: the fit is then not converged).
+
     Raises :class:`FitError` when the ELBO becomes NaN or infinite, naming the step.
     """
     pyro.set_rng_seed(seed)
     particles = config.num_particles or num_particles
     elbo_fn = make_elbo(particles, max_plate_nesting, enumerate=enumerate)
-    optim = ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm})
+    optim = _optimizer(config)
     svi = SVI(model, guide, optim, elbo_fn)
     step_data = dict(data)
     if config.subsample_size is not None:
         step_data["subsample_size"] = config.subsample_size
+    moving = getattr(guide, "still_moving", None)
+    moving = moving if callable(moving) else None
+    w = config.window
     trace: list[float] = []
+    info: dict[str, object] = {}
+    rollbacks: list[str] = []
+    best = _Best()
     converged = False
     decays = 0
     last_change = 0
     start = time.perf_counter()
     with tqdm(total=config.num_steps, desc=name, disable=not config.progress, leave=False) as bar:
         for step in range(config.num_steps):
+            if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
+                info["budget"] = (
+                    f"time limit of {config.max_seconds:g} s reached after {step} steps"
+                )
+                break
             loss = svi.step(**step_data)
             if not math.isfinite(loss):
                 last = f"{-trace[-1]:.6g}" if trace else "none"
@@ -201,22 +321,61 @@ def fit(
             if step % 50 == 0:
                 bar.set_postfix(elbo=f"{-loss:.4g}")
             bar.update()
-            min_steps = config.min_steps if decays == 0 else 2 * config.window
-            stage = trace[last_change:]
-            if (step + 1) % config.window == 0 and _plateau(
-                stage, config.window, min_steps, config.rtol
-            ):
+            if (step + 1) % w:
+                continue
+            # A window check: the best window, the guide's own view, then the plateau rule.
+            window_stats = _window(trace[-w:])
+            best.update(window_stats, step + 1, optim.optim_objs)
+            still_moving = moving is not None and bool(moving())
+            min_steps = config.min_steps if decays == 0 else 2 * w
+            if still_moving or not _plateau(trace[last_change:], w, min_steps, config.rtol):
+                continue
+            collapsed = _far_below(best.stats, window_stats, config.rtol)
+            if collapsed:
+                best.restore()
+                rollbacks.append(
+                    f"at step {step + 1} back to step {best.step}"
+                    f" (window ELBO {window_stats[0]:.6g} against {best.stats[0]:.6g})"
+                )
+                logger.info(
+                    "%s: plateau below the best (window mean %.6g, best %.6g at step %d);"
+                    " best parameters put back, learning rate divided by 10",
+                    name,
+                    window_stats[0],
+                    best.stats[0],
+                    best.step,
+                )
                 if decays == config.num_decays:
-                    converged = True
-                    break
-                decays += 1
-                last_change = step + 1
-                for opt in optim.optim_objs.values():
-                    for group in opt.param_groups:
-                        group["lr"] *= 0.1
+                    break  # the end-of-fit check below reports it, not converged
+            elif decays == config.num_decays:
+                converged = True
+                break
+            decays += 1
+            last_change = step + 1
+            _scale_lr(optim, 0.1, reset=collapsed)
+    if rollbacks:
+        info["rollbacks"] = "; ".join(rollbacks)
+    final = math.nan
+    if trace:
+        tail = trace[max(last_change, len(trace) - w) :] or trace[-w:]
+        final = _window(tail)[0]
+        if best.stats is not None and _far_below(best.stats, _window(tail), config.rtol):
+            best.restore()
+            converged = False
+            final = _estimate(elbo_fn, model, guide, step_data, w)
+            info["restored"] = (
+                f"restored best parameters from step {best.step} (window ELBO"
+                f" {best.stats[0]:.6g}; the last window's {_window(tail)[0]:.6g},"
+                f" {final:.6g} re-estimated there)"
+            )
+            logger.warning("%s: %s", name, info["restored"])
     wall = time.perf_counter() - start
-    if not converged:
+    if "budget" in info:
+        logger.warning("%s: not converged: %s", name, info["budget"])
+    elif not converged and "restored" not in info:
         logger.warning("%s: not converged after %d steps (ELBO still improving)", name, len(trace))
+    if config.subsample_size is not None:
+        info["subsample_size"] = config.subsample_size
     return FitResult(
         name=name,
         guide=guide,
@@ -227,10 +386,16 @@ def fit(
         grad_evals=len(trace) * particles,
         wall_s=wall,
         converged=converged,
-        final_elbo=float(np.mean(trace[-config.window :])) if trace else math.nan,
+        final_elbo=final,
         max_plate_nesting=max_plate_nesting,
-        info={} if config.subsample_size is None else {"subsample_size": config.subsample_size},
+        info=info,
     )
+
+
+def _estimate(elbo_fn, model, guide, data, repeats: int) -> float:
+    """The mean of ``repeats`` ELBO estimates at the guide's current parameters."""
+    with torch.no_grad():
+        return float(np.mean([-elbo_fn.loss(model, guide, **data) for _ in range(repeats)]))
 
 
 def fit_lbfgs(
