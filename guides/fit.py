@@ -120,9 +120,12 @@ class FitResult:
 
     ``elbo[i]`` is the ELBO estimate at step i; for delta and Laplace (L-BFGS), the log joint
     at the i-th iterate, the last entry at the final point. ``final_elbo`` is the fit's
-    objective at its end: for SVI the mean of the last ``window`` estimates (at the smallest
-    learning rate), for L-BFGS the log joint at the point returned. ``info`` holds
-    guide-specific notes (e.g. the Hessian status of Laplace). ``wall_s`` and ``grad_evals``
+    objective at the parameters returned: for SVI the mean of the last ``window`` estimates
+    (at the smallest learning rate), or, where the best parameters were restored at the end,
+    the mean of ``window`` fresh estimates there; for L-BFGS the log joint at the point
+    returned. ``info`` holds notes on the fit (the time budget, rollbacks to the best
+    parameters, see :class:`FitConfig`) and guide-specific ones (e.g. the Hessian status of
+    Laplace). ``wall_s`` and ``grad_evals``
     include the MAP start, whose seconds are also ``start_wall_s``.
     """
 

@@ -61,7 +61,11 @@ def _elbo(model, guide, data, num_particles: int) -> torch.Tensor:
         return torch.tensor([-elbo.loss(model, guide, **data) for _ in range(8)])
 
 
-@pytest.mark.parametrize(("encoder", "angle"), [("linear", 0.0), ("linear", 0.5), ("mlp", 0.0)])
+@pytest.mark.parametrize(
+    ("encoder", "angle"),
+    # The perceptron's fit takes 1000-1300 steps of 16 particles on 300 rows (30-90 s).
+    [("linear", 0.0), ("linear", 0.5), pytest.param("mlp", 0.0, marks=pytest.mark.slow)],
+)
 def test_linear_encoder_reaches_the_exact_log_evidence(data, encoder, angle):
     post = ppca.make_posterior(data, latent_dim=LATENT_DIM)
     fixed, ml = _fixed_at_ml(post, angle)
@@ -85,21 +89,27 @@ def test_linear_encoder_reaches_the_exact_log_evidence(data, encoder, angle):
     gap = float(log_evidence - elbos.mean())
     if encoder == "linear":
         # KL(q || p) summed over 300 rows: 0 at the optimum, where log p(x, z) - log q(z | x)
-        # is the same for every z (the estimator has no variance). Seen on seeds 0-2, both
-        # rotations: gap 0.02-0.08 nats (3e-4 a row at most; the stochastic fit's distance
-        # from its optimum, which its plateau rule cannot resolve further) and the encoder's
-        # means within 0.08 posterior sd of the exact ones.
+        # is the same for every z (the estimator has no variance). Seen on seeds 0-2: gap
+        # 0.004-0.007 nats at R = I; -0.001-0.006 rotated by 0.5 rad with every initial
+        # weight perturbed by 1e-7 (as another machine's rounding would); 3e-5 a row at most,
+        # the stochastic fit's distance from its optimum, which its plateau rule cannot
+        # resolve further. (Earlier runs saw the means within 0.08 posterior sd of the exact.)
         assert gap > -0.05  # the ELBO never exceeds the evidence (beyond estimator noise)
-        assert gap < 0.3
+        assert gap < 0.1
         loc, cov = ppca.posterior_z(post.data["x"].numpy(), loadings, ml.mean, ml.sigma)
         fitted = result.guide.latent_means(post.data["x"]).numpy()
         np.testing.assert_array_less(np.abs(fitted - loc) / np.sqrt(np.diag(cov)), 0.2)
     else:
         # The perceptron holds a linear map only approximately (softplus units): close, not
-        # exact. Seen on seeds 0-2: gap 0.48-1.08 nats over 300 rows.
-        assert -0.05 < gap < 5.0
+        # exact. Seen on seeds 0-2: gap 0.13-0.19 nats over 300 rows; 0.14-0.20 with every
+        # initial weight perturbed by 1e-7; 0.161 on seed 0 with two torch threads (as with one).
+        # Before the network learning rate (Adam at 0.05 for every weight) it was 0.35-0.75
+        # here and 5938 on seed 0 (the ELBO fell from -8.7e3 to -1.2e6 at step 2, reached
+        # -2.1e3 and collapsed to -7.9e3, "converged"), 5938 on an AVX-512 machine too.
+        assert -0.05 < gap < 1.0
 
 
+@pytest.mark.slow  # MAP start, encoder warm-up and joint fit: over a minute on 2 busy cores
 def test_amortized_on_a_posterior_fits_globals_and_encoder(data):
     post = ppca.make_posterior(data, latent_dim=LATENT_DIM)
     result = fit_guide("amortized", post, seed=0, config=FIT)

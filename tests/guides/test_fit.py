@@ -37,14 +37,14 @@ def _empty_guide():
 
 
 def test_a_fit_that_falls_after_its_best_keeps_the_best_and_is_not_called_converged():
-    # lr 0.01: theta reaches the best (1) at step 100 and the cliff at step 120. The old loop
+    # lr 0.02: theta reaches the best (1) at step 50 and the cliff at step 60. The old loop
     # decayed the rate on the plateaus at -1000 and returned converged=True there, 990
-    # below its best window (-8.3, steps 50-100): this test failed on it.
-    config = FitConfig(num_steps=2000, lr=0.01, num_particles=1, min_steps=100, window=50)
+    # below its best window (-8.3, steps 25-50): this test failed on it.
+    config = FitConfig(num_steps=1000, lr=0.02, num_particles=1, min_steps=50, window=25)
     result = fit(_overshooting_model, _empty_guide, seed=0, config=config, name="cliff")
     theta = float(pyro.param("theta").detach())
     at_theta = -100.0 * (theta - 1.0) ** 2 if theta < CLIFF else -1000.0
-    best_window = max(result.elbo[i : i + 50].mean() for i in range(0, len(result.elbo) - 49, 50))
+    best_window = max(result.elbo[i : i + 25].mean() for i in range(0, len(result.elbo) - 24, 25))
     assert theta < CLIFF  # the parameters returned are those of the best, not the cliff
     assert "rollbacks" in result.info
     # final_elbo is the objective at the parameters returned (deterministic here) ...
@@ -85,18 +85,18 @@ def test_a_plateau_is_not_counted_while_the_guide_is_still_moving():
     def model():
         pyro.sample("z", dist.Normal(0.0, 1.0))
 
-    config = FitConfig(num_steps=5000, min_steps=100, window=50)
+    config = FitConfig(num_steps=5000, min_steps=50, window=25)
     plain = fit(model, AutoNormal(model), seed=0, config=config, num_particles=1)
     pyro.clear_param_store()
-    busy = plain.steps // 50 + 5  # still moving 5 checks past where the plain fit stopped
+    busy = plain.steps // 25 + 5  # still moving 5 checks past where the plain fit stopped
     guide = _Moving(AutoNormal(model), busy)
     moving = fit(model, guide, seed=0, config=config, num_particles=1)
     assert plain.converged and moving.converged
-    assert guide.calls == moving.steps // 50  # asked at every window check
+    assert guide.calls == moving.steps // 25  # asked at every window check
     # No plateau counted (no decay, no stop) while moving: the three plateaus the schedule
     # needs (two decays, then the stop; each stage after a decay two windows at least) come
     # at check busy + 1 or later, then busy + 3, then busy + 5.
-    assert moving.steps >= (busy + 5) * 50
+    assert moving.steps >= (busy + 5) * 25
 
 
 def test_network_parameters_get_their_own_learning_rate():
