@@ -52,8 +52,8 @@ class FitConfig:
     ``num_decays`` times; the next plateau ends the fit as converged. Averaging the noise out
     this way puts a stochastic fit much nearer its optimum than a constant rate would.
     ``num_steps`` caps the whole fit; reaching it means not converged. ``max_seconds``, when
-    set, caps its wall time the same way: the fit stops after the step that exceeds it,
-    not converged, and ``FitResult.info["budget"]`` says so.
+    set, caps its wall time the same way (checked before each step): the fit stops once it
+    is exceeded, not converged, and ``FitResult.info["budget"]`` says so.
 
     Network parameters (those registered with ``pyro.module``: an amortized guide's encoder,
     a model's decoder) are stepped with ``network_lr`` instead of ``lr``; the decays apply
@@ -125,8 +125,8 @@ class FitResult:
     the mean of ``window`` fresh estimates there; for L-BFGS the log joint at the point
     returned. ``info`` holds notes on the fit (the time budget, rollbacks to the best
     parameters, see :class:`FitConfig`) and guide-specific ones (e.g. the Hessian status of
-    Laplace). ``wall_s`` and ``grad_evals``
-    include the MAP start, whose seconds are also ``start_wall_s``.
+    Laplace). ``wall_s`` and ``grad_evals`` include the MAP start, whose seconds are also
+    ``start_wall_s``.
     """
 
     name: str
