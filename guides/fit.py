@@ -631,6 +631,9 @@ def fit_guide(
         result.grad_evals += warmup.grad_evals
         result.wall_s += warmup.wall_s
         result.info["warmup_steps"] = warmup.steps
+        result.info.update(
+            {f"warmup_{k}": v for k, v in warmup.info.items() if k != "subsample_size"}
+        )
     result.name = spec.name
     result.hidden = tuple(hidden)
     if draws_model is not None:
