@@ -339,9 +339,7 @@ def _bad_sites(model, guide, data) -> str:
     try:
         with torch.no_grad(), poutine.block():
             guide_trace = poutine.trace(guide).get_trace(**data)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                **data
-            )
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**data)
         bad = []
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample":
