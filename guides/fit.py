@@ -22,7 +22,7 @@ from pyro.infer.importance import vectorized_importance_weights
 from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
 
-from guides.laplace import LaplaceGuide
+from guides.laplace import LaplaceGuide, flat_threshold
 from guides.registry import INITS, get_guide
 from zoo import LocalLatents, Posterior, ZooInputError
 
@@ -443,7 +443,7 @@ def fit_lbfgs(
 
             def closure(base=base, scale=scale, z=z, first=first):
                 nonlocal evaluations, u, f_u, g_u
-                opt.zero_grad()
+                z.grad = None
                 point = base + scale * z.detach()
                 f, g = objective.value_and_grad(point)
                 evaluations += 1
@@ -791,28 +791,59 @@ def _merge_cost(first: dict, second: dict) -> dict:
 def _map_start(guide_model, init_loc_fn, name, common, objective, data):
     """MAP point of the unconstrained latent vector (L-BFGS), where the guide will start,
     and the whitening there: ``scale = diag(H)^-1/2`` where the curvature is positive, 1
-    elsewhere."""
+    elsewhere; for ``full_rank`` the Cholesky factor of the Laplace covariance (see
+    :func:`laplace_factor`), the guide starting at that Gaussian."""
     pyro.clear_param_store()
     pyro.set_rng_seed(common["seed"])
     point = LaplaceGuide(guide_model, init_loc_fn=init_loc_fn)
     fitted = fit_lbfgs(objective["loss_model"], point, name=f"{name} (MAP start)", **common, **data)
     tick = time.perf_counter()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the start only needs the diagonal, flat or not
-        curvature = point.hessian(**data, **objective).diagonal()
+        warnings.simplefilter("ignore")  # the start needs no status, flat or not
+        hessian = point.hessian(**data, **objective)
+    curvature = hessian.diagonal()
     flat = int((curvature <= 0).sum())
     scale = torch.where(
         curvature > 0, curvature.clamp_min(1e-300).rsqrt(), torch.ones_like(curvature)
     )
+    whitening: dict[str, object] = {"shift": point.loc.detach().clone(), "scale": scale}
     note = f"MAP ({fitted.grad_evals} L-BFGS evaluations), whitened by diag(H)^-1/2"
-    if flat:
+    if name == "full_rank" and not flat:
+        tril, kept = laplace_factor(hessian)
+        whitening.update(tril=tril, init_scale=1.0)
+        note = (
+            f"MAP ({fitted.grad_evals} L-BFGS evaluations), started at the Laplace"
+            " approximation and whitened by its Cholesky factor"
+        )
+        if kept:
+            note += f" ({kept} flat direction(s) kept at their coordinates' own curvature)"
+    elif flat:
         note += f" ({flat} coordinate(s) without positive curvature kept at scale 1)"
     return {
-        "whitening": {"shift": point.loc.detach().clone(), "scale": scale},
+        "whitening": whitening,
         "grad_evals": fitted.grad_evals + 2 * point.latent_dim,
         "wall_s": fitted.wall_s + time.perf_counter() - tick,
         "notes": [note],
     }
+
+
+def laplace_factor(hessian: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cholesky factor of the Laplace covariance H^-1 for a Hessian with a positive
+    diagonal, and the number of directions it leaves flat.
+
+    In correlation form C = D^-1/2 H D^-1/2 (D = diag(H)), eigenvalues above
+    :func:`guides.laplace.flat_threshold` are kept; flat or negative ones are set to 1 (the
+    coordinates' own curvature, as a diagonal whitening has it), so the factor stays finite
+    where the posterior is flat (PPCA's rotations) or the point is not a mode.
+    """
+    d = hessian.diagonal().rsqrt()
+    corr = d[:, None] * hessian * d[None, :]
+    corr = 0.5 * (corr + corr.T)
+    evals, evecs = torch.linalg.eigh(corr)
+    good = evals > flat_threshold(hessian.dtype)
+    fixed = torch.where(good, evals, torch.ones_like(evals))
+    cov = d[:, None] * ((evecs / fixed) @ evecs.T) * d[None, :]
+    return torch.linalg.cholesky(0.5 * (cov + cov.T)), int((~good).sum())
 
 
 #: Numbers per vectorized pass of :func:`draw` (draws x data values): bounds its memory

@@ -30,7 +30,9 @@ class Whitened:
 
     ``shift`` and ``scale`` are vectors of the latent dimension; the guide starts with its
     location at ``shift`` (None: at the point ``init_loc_fn`` gives) and ``scale`` None means
-    ones (no whitening).
+    ones (no whitening). Only :class:`WhitenedMultivariateNormal` also takes ``tril``, a
+    lower-triangular matrix: then ``u = shift + tril @ w`` (a dense whitening, e.g. the
+    Cholesky factor of the Laplace covariance) and ``scale`` is unused.
     """
 
     def __init__(
@@ -89,16 +91,81 @@ class WhitenedLowRankNormal(Whitened, AutoLowRankMultivariateNormal):
 
 
 class WhitenedMultivariateNormal(Whitened, AutoMultivariateNormal):
-    """Normal with a dense covariance (its Cholesky factor is the parameter)."""
+    """Normal with a dense covariance (its Cholesky factor is the parameter).
+
+    With ``tril`` (the Cholesky factor of the Laplace covariance at the mode, see
+    ``guides.fit._map_start``) the whitening is dense: the guide starts, with ``init_scale=1``,
+    at the Laplace approximation itself and learns only how the posterior differs from it.
+
+    :meth:`still_moving` tells the fitting loop whether the covariance is still changing: a
+    plateau of a noisy ELBO comes long before a dense covariance has learned a strong
+    correlation (kidiq with an interaction: sd ratio 0.84 when the ELBO had flattened).
+    """
+
+    #: Relative change (Frobenius) of the window-averaged covariance factor between two
+    #: checks above which the covariance counts as still moving.
+    MOVING_RTOL = 0.01
+
+    def __init__(self, model, *, tril: torch.Tensor | None = None, **kwargs):
+        super().__init__(model, **kwargs)
+        self._tril = tril
+        self._moving_sum = None
+        self._moving_count = 0
+        self._moving_last = None
+
+    def _setup_prototype(self, *args, **kwargs):
+        super()._setup_prototype(*args, **kwargs)
+        tril = self._tril
+        if tril is not None:
+            tril = tril.detach().to(self.loc)
+            if tril.shape != (self.latent_dim, self.latent_dim):
+                raise ValueError(
+                    f"whitening factor of shape {tuple(tril.shape)} does not fit a latent"
+                    f" vector of size {self.latent_dim}"
+                )
+        self.register_buffer("white_tril", tril)
+
+    def _to_u(self, loc: torch.Tensor) -> torch.Tensor:
+        if self.white_tril is None:
+            return super()._to_u(loc)
+        return self.white_shift + (self.white_tril * loc.unsqueeze(-2)).sum(-1)
+
+    def _factor(self) -> torch.Tensor:
+        """The Cholesky factor of the covariance in whitened coordinates."""
+        return self.scale[..., None] * self.scale_tril
 
     def _scale_tril(self) -> torch.Tensor:
-        return (self.white_scale * self.scale)[..., None] * self.scale_tril
+        if self.white_tril is None:
+            return (self.white_scale * self.scale)[..., None] * self.scale_tril
+        return self.white_tril @ self._factor()
+
+    def _loc_scale(self, *args, **kwargs):
+        return self._to_u(self.loc), self._scale_tril().pow(2).sum(-1).sqrt()
 
     def get_posterior(self, *args, **kwargs):
+        factor = self._factor().detach()
+        self._moving_sum = factor if self._moving_sum is None else self._moving_sum + factor
+        self._moving_count += 1
         return dist.MultivariateNormal(self._to_u(self.loc), scale_tril=self._scale_tril())
 
     def get_transform(self, *args, **kwargs):
         return dist.transforms.LowerCholeskyAffine(self._to_u(self.loc), self._scale_tril())
+
+    def still_moving(self) -> bool:
+        """True when the covariance factor, averaged over the steps since the last call,
+        differs from the previous call's average by more than :attr:`MOVING_RTOL` of its
+        size (Frobenius norms, in whitened coordinates). True at the first call (nothing to
+        compare yet: one more window), False when no step was taken since the last one."""
+        if self._moving_count == 0:
+            return False
+        mean = self._moving_sum / self._moving_count
+        self._moving_sum, self._moving_count = None, 0
+        last, self._moving_last = self._moving_last, mean
+        if last is None:
+            return True
+        change = float(torch.linalg.matrix_norm(mean - last) / torch.linalg.matrix_norm(last))
+        self.last_covariance_change = change
+        return change > self.MOVING_RTOL
 
 
 class WhitenedPoint(Whitened, AutoLaplaceApproximation):
