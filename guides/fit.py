@@ -18,6 +18,7 @@ from pyro import poutine
 from pyro.distributions.transforms import biject_to
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import AutoDelta, init_to_median, init_to_sample, init_to_value
+from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
@@ -132,9 +133,22 @@ def make_elbo(num_particles: int, max_plate_nesting: int, *, enumerate: bool = F
     )
 
 
+def _sample_or_placeholder(site: Mapping[str, object]) -> torch.Tensor:
+    """A draw from the site's distribution or, where it has none (ImproperUniform), the
+    image of zeros in its support."""
+    fn = site["fn"]
+    try:
+        return fn.sample()
+    except NotImplementedError:
+        return biject_to(fn.support)(torch.zeros(fn.shape()))
+
+
 def enumerated_sites(model: Callable[..., object], data: Mapping[str, torch.Tensor]) -> list[str]:
-    """Latent sites that ``model`` marks for parallel enumeration (``config_enumerate``)."""
-    with torch.no_grad(), poutine.block():
+    """Latent sites that ``model`` marks for parallel enumeration (``config_enumerate``).
+
+    Only the structure is read: a site whose prior cannot be sampled (an improper flat prior)
+    gets a placeholder value."""
+    with torch.no_grad(), poutine.block(), InitMessenger(_sample_or_placeholder):
         trace = poutine.trace(model).get_trace(**data)
     return [
         name
