@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from guides import FitConfig, fit_guide
-from guides.whiten import WhitenedMultivariateNormal
+from guides.whiten import WhitenedLowRankNormal, WhitenedMultivariateNormal
 from zoo import linear_regression as lr
 from zoo.datasets import vendored_csv
 
@@ -76,8 +76,9 @@ def _gaussian():
     pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
 
 
-def test_still_moving_sees_the_covariance_change():
-    guide = WhitenedMultivariateNormal(_gaussian)
+@pytest.mark.parametrize("cls", [WhitenedMultivariateNormal, WhitenedLowRankNormal])
+def test_still_moving_sees_the_covariance_change(cls):
+    guide = cls(_gaussian)
     guide()
     assert guide.still_moving()  # nothing to compare with yet: one more window
     for _ in range(3):
