@@ -22,6 +22,7 @@ MODEL_FLAGS = {
     "sigma_prior": "sigma_prior",
     "prior_sigma_scale": "sigma_scale",
     "sigma_known": "sigma_known",
+    "prior_sigma_shape": "sigma_shape",
     "test_fraction": "test_fraction",
     "num_components": "num_components",
     "latent_dim": "latent_dim",
@@ -86,8 +87,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     reg.add_argument("--degree", type=int, help="polynomial basis x..x^degree of one feature")
     reg.add_argument(
         "--prior",
-        help="weakly_informative (default) or conjugate "
-        "(normal-inverse-gamma, gives the method exact)",
+        help="weakly_informative (default), conjugate (normal-inverse-gamma, gives the method"
+        " exact) or flat (improper uniform intercept and coefficients; needs more rows than"
+        " coefficients)",
     )
     reg.add_argument(
         "--center",
@@ -110,10 +112,34 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="regression through the origin",
     )
     reg.add_argument("--prior-intercept-scale", type=float, help="prior sd of the intercept")
-    reg.add_argument("--prior-coef-scale", type=float, help="prior sd of every coefficient")
+    reg.add_argument(
+        "--prior-coef-scale",
+        type=_scales,
+        metavar="S[,S...]",
+        help="prior sd of the coefficients: one for all, or one per feature in --features order"
+        " (e.g. 2.5,1,10)",
+    )
     reg.add_argument("--sigma-prior", help="exponential (default), half_normal or half_cauchy")
     reg.add_argument("--prior-sigma-scale", type=float, help="scale of the sigma prior")
     reg.add_argument("--sigma-known", type=float, help="fix the noise sd (Gaussian posterior)")
+    reg.add_argument(
+        "--prior-sigma-shape",
+        type=float,
+        metavar="A0",
+        help="shape a0 of the conjugate prior sigma^2 ~ InverseGamma(a0, a0 s^2), s the sigma"
+        " scale (default 2; with --prior conjugate)",
+    )
+
+
+def _scales(text: str) -> list[float]:
+    """A comma-separated list of numbers (argparse type of --prior-coef-scale)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        return [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a number or a comma-separated list of numbers"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,12 +18,13 @@ from pyro import poutine
 from pyro.distributions.transforms import biject_to
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import AutoDelta, init_to_median, init_to_sample, init_to_value
+from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.optim import ClippedAdam
 from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER, normalize_param_name
 from tqdm.auto import tqdm
 
-from guides.laplace import LaplaceGuide
+from guides.laplace import LaplaceGuide, flat_threshold
 from guides.registry import INITS, get_guide
 from zoo import LocalLatents, Posterior, ZooInputError
 
@@ -169,9 +170,22 @@ def make_elbo(num_particles: int, max_plate_nesting: int, *, enumerate: bool = F
     )
 
 
+def _sample_or_placeholder(site: Mapping[str, object]) -> torch.Tensor:
+    """A draw from the site's distribution or, where it has none (ImproperUniform), the
+    image of zeros in its support."""
+    fn = site["fn"]
+    try:
+        return fn.sample()
+    except NotImplementedError:
+        return biject_to(fn.support)(torch.zeros(fn.shape()))
+
+
 def enumerated_sites(model: Callable[..., object], data: Mapping[str, torch.Tensor]) -> list[str]:
-    """Latent sites that ``model`` marks for parallel enumeration (``config_enumerate``)."""
-    with torch.no_grad(), poutine.block():
+    """Latent sites that ``model`` marks for parallel enumeration (``config_enumerate``).
+
+    Only the structure is read: a site whose prior cannot be sampled (an improper flat prior)
+    gets a placeholder value."""
+    with torch.no_grad(), poutine.block(), InitMessenger(_sample_or_placeholder):
         trace = poutine.trace(model).get_trace(**data)
     return [
         name
@@ -401,6 +415,127 @@ def _estimate(elbo_fn, model, guide, data, repeats: int) -> float:
         return float(np.mean([-elbo_fn.loss(model, guide, **data) for _ in range(repeats)]))
 
 
+#: L-BFGS stops as converged when the gradient in scaled coordinates (each unconstrained
+#: coordinate divided by its curvature scale diag(H)^-1/2, a conditional posterior sd) has
+#: max-norm below this: the point is then within about this share of a posterior sd of the mode.
+GRAD_TOL = 1e-6
+
+#: Rounds of L-BFGS, each in coordinates re-scaled by the curvature where the last one ended
+#: (a stall, a converged round whose scales have moved, or a line search that overflowed).
+MAX_ROUNDS = 6
+
+#: Above this many coordinates the curvature scales (one backward pass each) are not computed;
+#: L-BFGS then runs in the raw coordinates and convergence is judged on the raw gradient.
+MAX_SCALED_DIM = 2000
+
+#: Line searches that overflow (a non-finite objective) before the fit gives up; each retry
+#: starts from the last finite point with a first step 10 times shorter.
+MAX_OVERFLOWS = 3
+
+
+class _NonFinite(Exception):
+    """An evaluation of the objective was not finite (or left a distribution's support)."""
+
+    def __init__(self, what: str, u: torch.Tensor):
+        super().__init__(what)
+        self.what, self.u = what, u
+
+
+class _Converged(Exception):
+    """The point where an L-BFGS iteration begins already meets the gradient tolerance."""
+
+
+class _PointObjective:
+    """The negative log joint as a function of one flat vector ``u`` of the guide's
+    unconstrained parameters (written into them before each evaluation)."""
+
+    def __init__(self, loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor]):
+        self.loss_fn, self.params = loss_fn, params
+        self.sizes = [p.numel() for p in params]
+
+    def get(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.params]).clone()
+
+    def set(self, u: torch.Tensor) -> None:
+        with torch.no_grad():
+            for p, piece in zip(self.params, torch.split(u, self.sizes)):
+                p.copy_(piece.reshape(p.shape))
+
+    def _loss(self) -> torch.Tensor:
+        try:
+            loss = self.loss_fn()
+        except ValueError as exc:  # a trial point left a distribution's support
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "ValueError"
+            raise _NonFinite(first, self.get()) from None
+        if not torch.isfinite(loss):
+            raise _NonFinite(f"the objective became {-loss.item()}", self.get())
+        return loss
+
+    def value_and_grad(self, u: torch.Tensor) -> tuple[float, torch.Tensor]:
+        self.set(u)
+        loss = self._loss()
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        flat = torch.cat(
+            [
+                torch.zeros(n, dtype=u.dtype) if g is None else g.reshape(-1)
+                for g, n in zip(grads, self.sizes)
+            ]
+        )
+        if not torch.isfinite(flat).all():
+            raise _NonFinite("the gradient of the objective is not finite", u.clone())
+        return float(loss.detach()), flat
+
+    def curvature(self, u: torch.Tensor) -> torch.Tensor:
+        """Diagonal of the Hessian at ``u`` (one backward pass a coordinate)."""
+        self.set(u)
+        loss = self._loss()
+        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        pieces = [(p, g) for p, g in zip(self.params, grads)]
+        diag = []
+        for p, g in pieces:
+            flat = g.reshape(-1) if g is not None else None
+            for i in range(p.numel()):
+                if flat is None or not flat.requires_grad:
+                    diag.append(torch.zeros((), dtype=u.dtype))
+                    continue
+                (row,) = torch.autograd.grad(flat[i], p, retain_graph=True, allow_unused=True)
+                diag.append(torch.zeros((), dtype=u.dtype) if row is None else row.reshape(-1)[i])
+        return torch.stack(diag).detach()
+
+
+def _curvature_scale(objective: _PointObjective, u: torch.Tensor) -> torch.Tensor:
+    """``diag(H)^-1/2`` where the curvature is positive and finite, 1 elsewhere (ones when
+    the vector is too long to afford the diagonal or the curvature is not finite there)."""
+    if u.numel() > MAX_SCALED_DIM:
+        return torch.ones_like(u)
+    try:
+        h = objective.curvature(u)
+    except _NonFinite:
+        return torch.ones_like(u)
+    good = torch.isfinite(h) & (h > 0)
+    return torch.where(good, h.clamp_min(1e-300).rsqrt(), torch.ones_like(h))
+
+
+def _bad_sites(model, guide, data) -> str:
+    """Sites whose log density is not finite at the guide's current point, as 'name (value)'."""
+    try:
+        with torch.no_grad(), poutine.block():
+            guide_trace = poutine.trace(guide).get_trace(**data)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**data)
+        bad = []
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            lp = site["fn"].log_prob(site["value"]).sum()
+            if not torch.isfinite(lp):
+                value = site["value"]
+                shown = f" = {float(value):.4g}" if value.numel() == 1 else ""
+                bad.append(f"'{name}'{shown}")
+        return ", ".join(bad)
+    except Exception:  # noqa: BLE001 - a diagnosis only; the caller reports without it
+        return ""
+
+
 def fit_lbfgs(
     model: Callable[..., object],
     guide: object,
@@ -413,71 +548,179 @@ def fit_lbfgs(
     **data: torch.Tensor,
 ) -> FitResult:
     """Minimize a deterministic objective (a point guide's negative log joint) by L-BFGS
-    with a strong Wolfe line search.
+    with a strong Wolfe line search, in well-scaled coordinates.
+
+    Each unconstrained coordinate is divided by its curvature scale ``diag(H)^-1/2`` at the
+    start of a round (a conditional posterior sd), so an intercept in dollars and a log
+    sigma near 10 are both of unit scale. A round ends when the gradient in these scaled
+    coordinates has max-norm below :data:`GRAD_TOL` (the point is then that share of a
+    posterior sd from the mode), on a stall, or when a line-search trial overflows; the
+    next round re-scales at the point reached (the last finite one) and starts L-BFGS
+    afresh, with a shorter first step after an overflow. Converged when the scaled gradient,
+    with the scales of the point returned, is below the tolerance; otherwise not converged,
+    with a warning naming the gradient left. Up to :data:`MAX_ROUNDS` rounds.
 
     The trace holds the objective at each accepted iterate (one L-BFGS iteration each) and,
     last, at the point returned; ``grad_evals`` counts every evaluation with its gradient,
-    line-search trials included, and ``num_steps`` caps them (checked before each iteration,
-    which may take up to 26). Converged when an iteration changes the objective by less than
-    ``1e-10 * (1 + |objective|)``.
+    line-search trials included, and two per coordinate for each curvature diagonal;
+    ``num_steps`` caps them. ``config.max_seconds`` (where set) caps the wall time: a fit
+    stopped by it is not converged and ``info["budget"]`` says so. ``info["scaled_grad"]``
+    is the final scaled gradient's max-norm.
+
+    Raises :class:`FitError` when every retry from the last finite point overflows, naming
+    the sites whose log density was not finite.
     """
     pyro.set_rng_seed(seed)
     elbo_fn = make_elbo(1, max_plate_nesting, enumerate=enumerate)
     with poutine.trace(param_only=True) as param_capture:
         elbo_fn.differentiable_loss(model, guide, **data)
     params = [site["value"].unconstrained() for site in param_capture.trace.nodes.values()]
-    opt = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=1,  # one iteration per step() call, so the trace holds every iterate
-        max_eval=26,  # and up to 25 line-search evaluations in it (torch: 5/4 max_iter)
-        history_size=50,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=1e-10,
-        tolerance_change=1e-14,
-    )
-    evaluations = 0
-    last_finite = math.nan
-
-    def closure():
-        nonlocal evaluations, last_finite
-        opt.zero_grad()
-        try:
-            loss = elbo_fn.differentiable_loss(model, guide, **data)
-        except ValueError as exc:  # a line-search trial left a distribution's support
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "ValueError"
-            raise FitError(
-                f"{name}: evaluation {evaluations} failed ({first}); check the scale of the"
-                " data and priors"
-            ) from None
-        evaluations += 1
-        if not torch.isfinite(loss):
-            last = f"{-last_finite:.6g}" if math.isfinite(last_finite) else "none"
-            raise FitError(
-                f"{name}: the objective became {-loss.item()} at evaluation {evaluations - 1}"
-                f" (last finite {last}); check the scale of the data and priors"
-            )
-        last_finite = loss.item()
-        loss.backward()
-        return loss
+    objective = _PointObjective(lambda: elbo_fn.differentiable_loss(model, guide, **data), params)
+    max_seconds = getattr(config, "max_seconds", None)
+    dim = sum(objective.sizes)
 
     trace: list[float] = []
+    evaluations = 0
     converged = False
+    budget = None
+    info: dict[str, object] = {}
     start = time.perf_counter()
+    u = objective.get()
+    try:
+        f_u, g_u = objective.value_and_grad(u)
+    except _NonFinite as exc:
+        sites = _bad_sites(model, guide, data)
+        raise FitError(
+            f"{name}: {exc.what} at evaluation 0 (the start point, last finite none)"
+            + (f"; not finite at {sites}" if sites else "")
+            + "; check the scale of the data and priors"
+        ) from None
+    evaluations += 1
+    overflows, shrink, failure, failed_at, scaled_grad = 0, 1.0, None, 0, math.inf
+    rounds = 0
     with tqdm(total=config.num_steps, desc=name, disable=not config.progress, leave=False) as bar:
-        while evaluations < config.num_steps:
-            before = evaluations
-            trace.append(-float(opt.step(closure).detach()))  # objective where it began
-            bar.update(evaluations - before)
-            if len(trace) > 1 and abs(trace[-1] - trace[-2]) <= 1e-10 * (1.0 + abs(trace[-1])):
+        while rounds < MAX_ROUNDS:
+            rounds += 1
+            scale = _curvature_scale(objective, u)
+            evaluations += 2 * dim if dim <= MAX_SCALED_DIM else 0
+            scaled_grad = float((scale * g_u).abs().max())
+            if scaled_grad <= GRAD_TOL:
                 converged = True
                 break
-        with torch.no_grad():
-            final = -float(elbo_fn.loss(model, guide, **data))  # no gradient: not counted
+            if evaluations >= config.num_steps:
+                break
+            z = torch.zeros_like(u, requires_grad=True)
+            opt = torch.optim.LBFGS(
+                [z],
+                lr=shrink,
+                max_iter=1,  # one iteration per step() call, so the trace holds every iterate
+                max_eval=26,  # and up to 25 line-search evaluations in it
+                history_size=50,
+                line_search_fn="strong_wolfe",
+                tolerance_grad=0.0,
+                tolerance_change=0.0,
+            )
+            base = u.clone()
+            first: list[bool] = [True]
+
+            def closure(base=base, scale=scale, z=z, first=first):
+                nonlocal evaluations, u, f_u, g_u
+                z.grad = None
+                point = base + scale * z.detach()
+                f, g = objective.value_and_grad(point)
+                evaluations += 1
+                z.grad = (scale * g).detach()
+                if first[0]:  # where the iteration begins: the accepted point
+                    first[0] = False
+                    u, f_u, g_u = point, f, g
+                    if float(z.grad.abs().max()) <= GRAD_TOL:
+                        raise _Converged
+                return torch.tensor(f, dtype=u.dtype)
+
+            stalls, iteration = 0, 0
+            while evaluations < config.num_steps:
+                if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                    budget = (
+                        f"stopped by the time budget: {time.perf_counter() - start:.1f} s"
+                        f" > max_seconds {max_seconds:g}, after {evaluations} evaluations"
+                    )
+                    break
+                before, f_before = evaluations, f_u
+                first[0] = True
+                try:
+                    opt.step(closure)
+                except _Converged:
+                    break  # the round's scales say converged; checked again at the top
+                except _NonFinite as exc:
+                    overflows += 1
+                    failure, failed_at = exc, evaluations
+                    bar.update(evaluations - before)
+                    break  # retry from u (the last accepted point) with a shorter step
+                bar.update(evaluations - before)
+                trace.append(-f_u)
+                iteration += 1
+                # f_u is the objective where this iteration began (the last one's result).
+                if iteration > 1 and f_before - f_u <= 1e-15 * (1.0 + abs(f_u)):
+                    stalls += 1
+                    if stalls >= 2:
+                        break  # no progress in these coordinates: re-scale
+                else:
+                    stalls = 0
+            if failure is None:  # bring u, f_u, g_u to the point L-BFGS accepted last
+                point = base + scale * z.detach()
+                try:
+                    f_point, g_point = objective.value_and_grad(point)
+                    evaluations += 1
+                    if f_point <= f_u:
+                        u, f_u, g_u = point, f_point, g_point
+                except _NonFinite:
+                    pass
+            if budget is not None:
+                break
+            if failure is not None:
+                if overflows > MAX_OVERFLOWS:
+                    break
+                shrink *= 0.1
+                failure = None
+                continue
+            if evaluations >= config.num_steps:
+                scale = _curvature_scale(objective, u)
+                scaled_grad = float((scale * g_u).abs().max())
+                converged = scaled_grad <= GRAD_TOL
+                break
+    objective.set(u)
+    with torch.no_grad():
+        final = -float(elbo_fn.loss(model, guide, **data))  # no gradient: not counted
     trace.append(final)
     wall = time.perf_counter() - start
+    if overflows > MAX_OVERFLOWS:
+        objective.set(failure.u)
+        sites = _bad_sites(model, guide, data)
+        objective.set(u)
+        raise FitError(
+            f"{name}: {failure.what} at evaluation {failed_at} (last finite {-f_u:.6g});"
+            f" L-BFGS retried {MAX_OVERFLOWS} times from that point with steps 10x shorter"
+            f" each, in re-scaled coordinates, and every line search left the finite region"
+            + (f" (not finite at {sites})" if sites else "")
+            + "; check the scale of the data and priors"
+        )
+    info["scaled_grad"] = scaled_grad
+    info["rounds"] = rounds
+    if overflows:
+        info["overflows"] = overflows
+    if budget is not None:
+        info["budget"] = budget
+        converged = False
     if not converged:
-        logger.warning("%s: L-BFGS not converged after %d evaluations", name, evaluations)
+        logger.warning(
+            "%s: L-BFGS not converged after %d evaluations (gradient %.2g posterior sd from"
+            " the mode in scaled coordinates, tolerance %g)%s",
+            name,
+            evaluations,
+            scaled_grad,
+            GRAD_TOL,
+            f"; {budget}" if budget else "",
+        )
     return FitResult(
         name=name,
         guide=guide,
@@ -490,6 +733,7 @@ def fit_lbfgs(
         converged=converged,
         final_elbo=final,
         max_plate_nesting=max_plate_nesting,
+        info=info,
     )
 
 
@@ -732,28 +976,59 @@ def _merge_cost(first: dict, second: dict) -> dict:
 def _map_start(guide_model, init_loc_fn, name, common, objective, data):
     """MAP point of the unconstrained latent vector (L-BFGS), where the guide will start,
     and the whitening there: ``scale = diag(H)^-1/2`` where the curvature is positive, 1
-    elsewhere."""
+    elsewhere; for ``full_rank`` the Cholesky factor of the Laplace covariance (see
+    :func:`laplace_factor`), the guide starting at that Gaussian."""
     pyro.clear_param_store()
     pyro.set_rng_seed(common["seed"])
     point = LaplaceGuide(guide_model, init_loc_fn=init_loc_fn)
     fitted = fit_lbfgs(objective["loss_model"], point, name=f"{name} (MAP start)", **common, **data)
     tick = time.perf_counter()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the start only needs the diagonal, flat or not
-        curvature = point.hessian(**data, **objective).diagonal()
+        warnings.simplefilter("ignore")  # the start needs no status, flat or not
+        hessian = point.hessian(**data, **objective)
+    curvature = hessian.diagonal()
     flat = int((curvature <= 0).sum())
     scale = torch.where(
         curvature > 0, curvature.clamp_min(1e-300).rsqrt(), torch.ones_like(curvature)
     )
+    whitening: dict[str, object] = {"shift": point.loc.detach().clone(), "scale": scale}
     note = f"MAP ({fitted.grad_evals} L-BFGS evaluations), whitened by diag(H)^-1/2"
-    if flat:
+    if name == "full_rank" and not flat:
+        tril, kept = laplace_factor(hessian)
+        whitening.update(tril=tril, init_scale=1.0)
+        note = (
+            f"MAP ({fitted.grad_evals} L-BFGS evaluations), started at the Laplace"
+            " approximation and whitened by its Cholesky factor"
+        )
+        if kept:
+            note += f" ({kept} flat direction(s) kept at their coordinates' own curvature)"
+    elif flat:
         note += f" ({flat} coordinate(s) without positive curvature kept at scale 1)"
     return {
-        "whitening": {"shift": point.loc.detach().clone(), "scale": scale},
+        "whitening": whitening,
         "grad_evals": fitted.grad_evals + 2 * point.latent_dim,
         "wall_s": fitted.wall_s + time.perf_counter() - tick,
         "notes": [note],
     }
+
+
+def laplace_factor(hessian: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cholesky factor of the Laplace covariance H^-1 for a Hessian with a positive
+    diagonal, and the number of directions it leaves flat.
+
+    In correlation form C = D^-1/2 H D^-1/2 (D = diag(H)), eigenvalues above
+    :func:`guides.laplace.flat_threshold` are kept; flat or negative ones are set to 1 (the
+    coordinates' own curvature, as a diagonal whitening has it), so the factor stays finite
+    where the posterior is flat (PPCA's rotations) or the point is not a mode.
+    """
+    d = hessian.diagonal().rsqrt()
+    corr = d[:, None] * hessian * d[None, :]
+    corr = 0.5 * (corr + corr.T)
+    evals, evecs = torch.linalg.eigh(corr)
+    good = evals > flat_threshold(hessian.dtype)
+    fixed = torch.where(good, evals, torch.ones_like(evals))
+    cov = d[:, None] * ((evecs / fixed) @ evecs.T) * d[None, :]
+    return torch.linalg.cholesky(0.5 * (cov + cov.T)), int((~good).sum())
 
 
 #: Numbers per vectorized pass of :func:`draw` (draws x data values): bounds its memory

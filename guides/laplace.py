@@ -34,11 +34,20 @@ def _hessian(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 #: A direction whose curvature is below this share of its coordinates' own (an eigenvalue of
-#: the Hessian in correlation form, D^-1/2 H D^-1/2 with D = diag(H)) counts as flat. Scale
-#: free: ill-scaled but identified posteriors stay well above it (seen: 0.009-0.06 on the
-#: correlated regressions of the zoo), the rotations of PPCA's loadings well below (1e-8 to
-#: 2e-5, and of either sign, at a mode found to L-BFGS precision).
-NEARLY_FLAT = 1e-3
+#: the Hessian in correlation form, D^-1/2 H D^-1/2 with D = diag(H)) counts as flat; in a
+#: float32 Hessian the bar is :func:`relative_floor` (3.5e-4), what its precision resolves.
+#: Scale free, and set by precision, not by correlation: an eigenvalue of 1e-6 means a
+#: posterior sd along that direction 1000 times the coordinates' conditional sds. At a mode
+#: found to the scaled-gradient tolerance of ``guides.fit.GRAD_TOL`` the rotations of PPCA's
+#: loadings, flat in exact arithmetic, show 1e-9 or less (seen: -7e-10 to 1e-9); identified
+#: but strongly correlated posteriors stay far above it (seen: 0.001 for kidiq with an
+#: interaction, uncentered; 0.008 centered), where the old bar of 1e-3 called the first flat.
+NEARLY_FLAT = 1e-6
+
+
+def flat_threshold(dtype: torch.dtype) -> float:
+    """Correlation-form eigenvalues at or below this count as flat (see :data:`NEARLY_FLAT`)."""
+    return max(NEARLY_FLAT, relative_floor(dtype))
 
 
 def _count_directions(h: torch.Tensor, evals: torch.Tensor, floor: float) -> tuple[int, int]:
@@ -47,8 +56,9 @@ def _count_directions(h: torch.Tensor, evals: torch.Tensor, floor: float) -> tup
     eigenvalues against ``floor``."""
     d = h.diagonal()
     if bool((d > 0).all()):
+        tol = flat_threshold(h.dtype)
         scaled = torch.linalg.eigvalsh(h / torch.sqrt(d[:, None] * d[None, :]))
-        return int((scaled < -NEARLY_FLAT).sum()), int((scaled.abs() <= NEARLY_FLAT).sum())
+        return int((scaled < -tol).sum()), int((scaled.abs() <= tol).sum())
     return int((evals < -floor).sum()), int((evals.abs() <= floor).sum())
 
 
@@ -113,7 +123,8 @@ class LaplaceGuide(AutoLaplaceApproximation):
             elif num_flat:
                 self.hessian_status = (
                     f"singular: the posterior is flat, or nearly, along {num_flat}"
-                    f" direction(s) (curvature below {NEARLY_FLAT:g} of the coordinates' own);"
+                    f" direction(s) (curvature below {flat_threshold(h.dtype):g} of the"
+                    " coordinates' own);"
                     " huge variance there"
                 )
             else:

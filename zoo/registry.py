@@ -55,6 +55,7 @@ MODELS: dict[str, ModelSpec] = {
             "sigma_prior",
             "sigma_scale",
             "sigma_known",
+            "sigma_shape",
             "test_fraction",
         ),
         make_posterior=linear_regression.make_posterior,

@@ -36,6 +36,7 @@ OPTION_SETS = {
     "no_intercept": {"intercept": False},
     "sigma_known": {"sigma_known": 1.0},
     "conjugate_sigma_known": {"prior": "conjugate", "sigma_known": 1.0},
+    "conjugate_shape": {"prior": "conjugate", "sigma_shape": 3.0},
 }
 
 
@@ -127,6 +128,10 @@ EXACT_CASES = {
     "sigma_known_raw": ({"sigma_known": 0.8, "center": False}, False, True),
     "sigma_known_no_intercept": ({"sigma_known": 0.8, "intercept": False}, False, False),
     "conjugate_sigma_known": ({"prior": "conjugate", "sigma_known": 0.8}, True, True),
+    "conjugate_shape": ({"prior": "conjugate", "sigma_shape": 5.0}, True, True),
+    "conjugate_per_coef": ({"prior": "conjugate", "coef_scale": [0.3, 2.0, 9.0]}, True, True),
+    "flat_sigma_known": ({"prior": "flat", "sigma_known": 0.8}, True, True),
+    "flat_sigma_known_raw": ({"prior": "flat", "sigma_known": 0.8, "center": False}, False, True),
 }
 
 
@@ -163,7 +168,8 @@ def test_exact_density_is_the_model_posterior(case):
 
 def _prior_kwargs(options: dict) -> dict:
     family = options.get("prior", "weakly_informative")
-    return {"family": family, "sigma_known": options.get("sigma_known")}
+    keys = ("sigma_known", "sigma_shape", "coef_scale")
+    return {"family": family, **{k: options[k] for k in keys if k in options}}
 
 
 def _nig_covariance_form(z, y, m0, v0, a0, b0):
@@ -386,8 +392,36 @@ ERROR_CASES = {
         "sigma scale must be a positive number",
     ),
     "unknown_prior": (
-        lambda: lr.make_posterior(_errors_frame(), prior="flat"),
-        "unknown prior 'flat'; choose one of: weakly_informative, conjugate",
+        lambda: lr.make_posterior(_errors_frame(), prior="nope"),
+        "unknown prior 'nope'; choose one of: weakly_informative, conjugate, flat",
+    ),
+    "coef_scale_count": (
+        lambda: lr.make_posterior(_errors_frame(), coef_scale=[1.0, 2.0, 3.0]),
+        "3 coefficient prior scales for 2 coefficients (x1, x2); give one for all, or one per",
+    ),
+    "zero_coef_scale": (
+        lambda: lr.make_posterior(_errors_frame(), coef_scale=0.0),
+        "coefficient prior scales must be positive",
+    ),
+    "flat_with_a_scale": (
+        lambda: lr.make_posterior(_errors_frame(), prior="flat", coef_scale=2.0),
+        "a flat prior has no scale",
+    ),
+    "flat_collinear": (
+        lambda: lr.make_posterior(_errors_frame().assign(x2=lambda f: 2.0 * f.x1), prior="flat"),
+        "with a flat prior the posterior is improper",
+    ),
+    "flat_too_few_rows": (
+        lambda: lr.make_posterior(_frame(num_data=3, num_features=2), prior="flat"),
+        "3 rows to fit but 3 coefficients",
+    ),
+    "shape_without_conjugate": (
+        lambda: lr.make_posterior(_errors_frame(), sigma_shape=3.0),
+        "use it with --prior conjugate",
+    ),
+    "negative_shape": (
+        lambda: lr.make_posterior(_errors_frame(), prior="conjugate", sigma_shape=-1.0),
+        "sigma shape (a0) must be a positive number",
     ),
 }
 
@@ -437,3 +471,38 @@ def test_degree_expands_one_feature():
     x = post.data["x"]
     torch.testing.assert_close(x[:, 1], x[:, 0] ** 2)
     torch.testing.assert_close(x[:, 2], x[:, 0] ** 3)
+
+
+# --------------------------------------------------------------------------- priors
+
+
+def test_one_prior_scale_per_coefficient_reaches_the_model():
+    post = lr.make_posterior(_frame(), coef_scale=[0.5, 2.0, 10.0])
+    trace = pyro.poutine.trace(post.model).get_trace(**post.data)
+    np.testing.assert_array_equal(trace.nodes["coef"]["fn"].base_dist.scale.numpy(), [0.5, 2, 10])
+    assert "x1: 0.5, x2: 2, x3: 10" in post.description["prior"]
+
+
+def test_flat_prior_map_is_least_squares_with_the_sigma_mode_in_closed_form():
+    """Under a flat prior on (intercept, coef) the mode of the coefficients is least squares
+    for any sigma; AutoDelta's sigma maximizes -n log s - RSS / (2 s^2) - s / scale (the
+    exponential prior), a root of s^3 / scale + n s^2 - RSS = 0."""
+    from guides import fit_guide
+
+    frame = _frame(num_data=40)
+    post = lr.make_posterior(frame, prior="flat")
+    assert post.description["prior"].endswith("intercept and coef ~ flat (improper)")
+    x, y = _xy(post)
+    design = np.column_stack([np.ones(len(y)), x])
+    beta, rss = np.linalg.lstsq(design, y, rcond=None)[:2]
+    scale = float(np.std(y, ddof=1))
+    roots = np.roots([1.0 / scale, len(y), 0.0, -float(rss[0])])
+    sigma = float(max(r.real for r in roots if abs(r.imag) < 1e-12 and r.real > 0))
+    result = fit_guide("delta", post, seed=0)
+    assert result.converged
+    point = result.sample(1, seed=0)
+    # Converged means within about 1e-6 posterior sd of the mode (guides.fit.GRAD_TOL); the
+    # posterior sds here are above 0.05, so 1e-6 absolute is 100 times that (seen: 1e-9).
+    np.testing.assert_allclose(point["intercept"][0], beta[0], atol=1e-6)
+    np.testing.assert_allclose(point["coef"][0], beta[1:], atol=1e-6)
+    np.testing.assert_allclose(point["sigma"][0], sigma, atol=1e-6)

@@ -59,7 +59,8 @@ def exact_posterior(
 
     Works in the centered coordinates of the model, beta_c = (intercept_c, coef), with design
     Z = [1, x - xbar]; the prior is beta_c ~ N(m0, sigma^2 V0) (conjugate) or N(m0, V0) with
-    known sigma. The result is mapped to (intercept, coef) by intercept = intercept_c - xbar.coef.
+    known sigma (a flat prior, with known sigma only: zero prior precision). The result is
+    mapped to (intercept, coef) by intercept = intercept_c - xbar.coef.
     (Bishop 2006, eqs. 3.53-3.54; Murphy 2012, section 7.6.3.)
     """
     if priors.family != "conjugate" and priors.sigma_known is None:
@@ -78,7 +79,8 @@ def exact_posterior(
         z, m0, s0, transform = x, np.zeros(d), np.asarray(priors.coef_scale), np.eye(d)
     if priors.family == "conjugate":
         s0 = s0 / priors.sigma_scale  # beta_c | sigma ~ N(m0, sigma^2 diag(s0^2))
-    prec0 = np.diag(1.0 / s0**2)
+    # A flat prior is the limit of infinite prior scales: zero prior precision.
+    prec0 = np.zeros((len(s0), len(s0))) if priors.family == "flat" else np.diag(1.0 / s0**2)
     if priors.sigma_known is not None:
         noise = priors.sigma_known**2
         if priors.family == "conjugate":

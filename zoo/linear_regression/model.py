@@ -18,7 +18,7 @@ from zoo.errors import ZooInputError
 SIGMA_PRIORS = ("exponential", "half_normal", "half_cauchy")
 
 
-PRIOR_FAMILIES = ("weakly_informative", "conjugate")
+PRIOR_FAMILIES = ("weakly_informative", "conjugate", "flat")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,11 @@ class Priors:
     coefficients. ``coef_scale`` has one entry per feature. ``sigma_scale`` is the mean of
     the exponential prior, the scale of the half-normal/half-Cauchy, or, for the conjugate
     family, the reference scale s such that ``sigma^2 ~ InverseGamma(a0, a0 s^2)`` and the
-    intercept and coefficient scales are multiplied by ``sigma / s``.
+    intercept and coefficient scales are multiplied by ``sigma / s``. The ``flat`` family puts
+    an improper uniform prior on the intercept and coefficients (``intercept_loc``,
+    ``intercept_scale`` and ``coef_scale`` are then unused) and keeps ``sigma_prior`` on
+    sigma; its posterior is proper only with more rows than coefficients and a design of full
+    rank, which ``make_posterior`` checks.
     """
 
     family: str
@@ -46,6 +50,13 @@ class Priors:
         coefs = ", ".join(f"{n}: {s:.3g}" for n, s in zip(feature_names, self.coef_scale))
         given = " (x sigma/s)" if self.family == "conjugate" else ""
         parts = []
+        if self.family == "flat":
+            if self.sigma_known is not None:
+                parts.append(f"sigma = {self.sigma_known:.4g} (known)")
+            else:
+                parts.append(f"sigma ~ {self.sigma_prior}({self.sigma_scale:.4g})")
+            parts.append(("intercept and coef" if intercept else "coef") + " ~ flat (improper)")
+            return "; ".join(parts)
         if self.sigma_known is not None:
             parts.append(f"sigma = {self.sigma_known:.4g} (known)")
         elif self.family == "conjugate":
@@ -76,6 +87,11 @@ def _sigma_distribution(priors: Priors, dtype: torch.dtype) -> dist.Distribution
     if priors.sigma_prior == "half_normal":
         return dist.HalfNormal(scale)
     return dist.HalfCauchy(scale)
+
+
+def _flat(dtype: torch.dtype, event_shape: tuple[int, ...] = ()) -> dist.Distribution:
+    """The improper uniform prior over the reals (log density 0; it cannot be sampled)."""
+    return dist.ImproperUniform(dist.constraints.real, torch.Size(), torch.Size(event_shape))
 
 
 def model(
@@ -122,10 +138,16 @@ def model(
         sigma / priors.sigma_scale if priors.family == "conjugate" else torch.ones((), dtype=dtype)
     )
     coef_scale = torch.as_tensor(priors.coef_scale, dtype=dtype)
-    coef = pyro.sample(
-        "coef",
-        dist.Normal(torch.zeros_like(coef_scale), factor.unsqueeze(-1) * coef_scale).to_event(1),
-    )
+    flat = priors.family == "flat"
+    if flat:
+        coef = pyro.sample("coef", _flat(dtype, coef_scale.shape))
+    else:
+        coef = pyro.sample(
+            "coef",
+            dist.Normal(torch.zeros_like(coef_scale), factor.unsqueeze(-1) * coef_scale).to_event(
+                1
+            ),
+        )
     # Global latents keep their batch dims left of the data plate, so every product with the
     # data is written (x * coef).sum(-1), never x @ coef (STYLE.md, vectorized particles).
     if not intercept:
@@ -135,13 +157,18 @@ def model(
         if center:
             a = pyro.sample(
                 "intercept_centered",
-                dist.Normal(priors.intercept_loc, factor * priors.intercept_scale),
+                _flat(dtype)
+                if flat
+                else dist.Normal(priors.intercept_loc, factor * priors.intercept_scale),
             )
             pyro.deterministic("intercept", a - (xbar * coef).sum(-1))
             mean = a + ((x - xbar) * coef).sum(-1)
         else:
             loc = priors.intercept_loc - (xbar * coef).sum(-1)
-            b = pyro.sample("intercept", dist.Normal(loc, factor * priors.intercept_scale))
+            b = pyro.sample(
+                "intercept",
+                _flat(dtype) if flat else dist.Normal(loc, factor * priors.intercept_scale),
+            )
             mean = b + (x * coef).sum(-1)
     with pyro.plate("data", x.shape[-2]):
         pyro.sample("y", dist.Normal(mean, sigma), obs=y)
@@ -158,11 +185,16 @@ def default_priors(
     sigma_prior: str = "exponential",
     sigma_scale: float | None = None,
     sigma_known: float | None = None,
+    sigma_shape: float | None = None,
 ) -> Priors:
     """Weakly informative priors scaled to the data, as rstanarm sets them.
 
     Unset scales default to ``2.5 sd(y)`` (intercept), ``2.5 sd(y) / sd(x_d)`` (coefficients)
     and ``sd(y)`` (sigma); given ones are used as they are, in the units of the data.
+    ``coef_scale`` is one scale for every coefficient or one per column of ``x``.
+    ``sigma_shape`` is the conjugate family's a0 (default 2): ``sigma^2 ~ InverseGamma(a0,
+    a0 s^2)``, s the sigma scale. ``family="flat"``: improper uniform intercept and
+    coefficients (no scales for them may be given).
     """
     if family not in PRIOR_FAMILIES:
         raise ZooInputError(f"unknown prior '{family}'; choose one of: {', '.join(PRIOR_FAMILIES)}")
@@ -174,9 +206,20 @@ def default_priors(
         ("intercept scale", intercept_scale),
         ("sigma scale", sigma_scale),
         ("known sigma", sigma_known),
+        ("sigma shape (a0)", sigma_shape),
     ):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ZooInputError(f"{name} must be a positive number, got {value}")
+    if sigma_shape is not None and family != "conjugate":
+        raise ZooInputError(
+            "the sigma shape a0 (--prior-sigma-shape) is the conjugate prior's:"
+            " sigma^2 ~ InverseGamma(a0, a0 s^2); use it with --prior conjugate"
+        )
+    if family == "flat" and (intercept_scale is not None or coef_scale is not None):
+        raise ZooInputError(
+            "a flat prior has no scale; drop --prior-intercept-scale and --prior-coef-scale,"
+            " or choose another --prior"
+        )
     sd_y = float(np.std(y, ddof=1)) if len(y) > 1 else 1.0
     if not sd_y > 0:
         raise ZooInputError("the response is constant; a regression needs a response that varies")
@@ -184,7 +227,13 @@ def default_priors(
     if coef_scale is None:
         scales = tuple(float(2.5 * sd_y / s) for s in sd_x)
     else:
-        given = np.broadcast_to(np.asarray(coef_scale, dtype=float), (x.shape[1],))
+        given = np.atleast_1d(np.asarray(coef_scale, dtype=float))
+        if given.ndim != 1 or len(given) not in (1, x.shape[1]):
+            raise ZooInputError(
+                f"{len(given)} coefficient prior scales for {x.shape[1]} coefficients; give one"
+                " for all, or one per feature in the order of --features"
+            )
+        given = np.broadcast_to(given, (x.shape[1],))
         if not np.all(np.isfinite(given) & (given > 0)):
             raise ZooInputError(
                 f"coefficient prior scales must be positive numbers, got {coef_scale}"
@@ -197,6 +246,7 @@ def default_priors(
         coef_scale=scales,
         sigma_prior=sigma_prior,
         sigma_scale=float(sd_y if sigma_scale is None else sigma_scale),
+        sigma_shape=float(2.0 if sigma_shape is None else sigma_shape),
         sigma_known=sigma_known,
     )
 
