@@ -1,4 +1,9 @@
-"""The ``zoo`` command line: list, compare, fit, report (DESIGN.md section 3)."""
+"""The ``zoo`` command line: list, compare, fit, report (DESIGN.md section 3).
+
+Everything that can be checked without torch is checked before torch is imported (the model,
+its options and data set name, the preset, the seed, method names, the out-dir), so that
+``zoo --help``, ``zoo list`` and argument errors answer at once.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,11 @@ import logging
 import sys
 from pathlib import Path
 
-from zoo import MODELS, ZooInputError, get_model
+from comparisons.inputs import check_seed, check_writable, parse_ks
+from zoo import MODELS, ModelSpec, ZooInputError, get_model
+
+#: The names of ``comparisons.runners.PRESETS``, which imports torch; a test keeps them equal.
+PRESET_NAMES = ("smoke", "full")
 
 MODEL_FLAGS = {
     # flag destination -> make_posterior keyword
@@ -36,6 +45,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _seed(text: str) -> int:
+    """``--seed``: a whole number in [0, 2**31) (argparse reports the error in one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"the seed must be a whole number, as 0 or 12; got '{text}'"
+        ) from None
+    try:
+        return check_seed(value)
+    except ZooInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model name (see `zoo list`)")
     src = p.add_mutually_exclusive_group()
@@ -53,7 +76,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         " nuts when it runs, else the model's first closed form, as ml)",
     )
     p.add_argument("--preset", default="full", help="smoke (quick look) or full (default)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument(
+        "--seed", type=_seed, default=0, help="seed of every random choice, 0 to 2**31 - 1 (0)"
+    )
     p.add_argument(
         "--out-dir", type=Path, help="output folder (default reports/<model>-<dataset>/)"
     )
@@ -69,8 +94,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--test-fraction",
         type=float,
-        default=0.2,
-        help="share of rows held out for the held-out log predictive density (0.2)",
+        default=0.0,
+        help="share of rows held out for the held-out log predictive density (default 0:"
+        " every row is fitted, PSIS-LOO measures prediction)",
     )
     p.add_argument(
         "--batch-size",
@@ -82,7 +108,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--amortized-globals",
         help="guide of the globals beside the amortized encoder: delta (default) or mean_field",
     )
-    p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars of NUTS and the fits (default: on when stderr is a terminal)",
+    )
     reg = p.add_argument_group("linear_regression")
     reg.add_argument("--degree", type=int, help="polynomial basis x..x^degree of one feature")
     reg.add_argument(
@@ -162,28 +193,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _list() -> str:
-    from comparisons.runners import PRESETS
     from guides import ALIASES, GUIDES
 
+    models, guides = MODELS.values(), GUIDES.values()
+    name_width = max(len(spec.name) for spec in [*models, *guides]) + 2
+    data_width = max(len(name) for spec in models for name in spec.datasets) + 1
+    pad = " " * name_width
     lines = ["models:"]
-    for spec in MODELS.values():
-        lines.append(f"  {spec.name:<20} {spec.summary}")
+    for spec in models:
+        lines.append(f"  {spec.name:<{name_width}}{spec.summary}")
         lines.append(
-            f"  {'':<20} guides: {', '.join(spec.guides)}; "
+            f"  {pad}guides: {', '.join(spec.guides)}; "
             f"methods: nuts, {', '.join(spec.guides)}, {', '.join(spec.closed_forms)}"
         )
-        lines.append(f"  {'':<20} data sets (--dataset):")
+        lines.append(f"  {pad}data sets (--dataset):")
         for name, text in spec.datasets.items():
-            lines.append(f"  {'':<22}{name:<11} {text}")
+            lines.append(f"  {pad}  {name:<{data_width}}{text}")
     lines.append("guides:")
-    for spec in GUIDES.values():
-        lines.append(f"  {spec.name:<20} {spec.summary}")
+    for spec in guides:
+        lines.append(f"  {spec.name:<{name_width}}{spec.summary}")
     lines.append("  aliases: " + ", ".join(f"{a} = {k}" for a, k in ALIASES.items()))
-    lines.append("presets: " + ", ".join(PRESETS))
+    lines.append("presets: " + ", ".join(PRESET_NAMES))
     return "\n".join(lines)
 
 
-def _posterior(args: argparse.Namespace, **overrides):
+def _options(args: argparse.Namespace, **overrides) -> tuple[ModelSpec, dict, str]:
+    """The model's spec, its make_posterior options from the flags and the data (a built-in
+    name or a CSV path), checked without importing the model."""
     spec = get_model(args.model)
     options = {}
     for dest, key in MODEL_FLAGS.items():
@@ -209,38 +245,102 @@ def _posterior(args: argparse.Namespace, **overrides):
             f"unknown dataset '{data}' for {spec.name}; choose one of: "
             f"{', '.join(spec.datasets)} (or give a CSV with --data)"
         )
+    return spec, options, data
+
+
+def _posterior(args: argparse.Namespace, **overrides):
+    spec, options, data = _options(args, **overrides)
     posterior = spec.make_posterior(data, seed=args.seed, **options)
     return spec, posterior
 
 
-def _run(args: argparse.Namespace) -> int:
-    from comparisons.compare import compare
-    from comparisons.runners import PRESETS, resolve_methods
-    from comparisons.select import parse_ks
+def _check_methods(spec: ModelSpec, names: list[str], flag: str) -> None:
+    """Method names that no posterior of the model can take, found without torch (whether
+    a closed form applies to these data is known once the posterior is built)."""
+    from guides import ALIASES, GUIDES
 
-    if args.preset not in PRESETS:
-        raise ZooInputError(f"unknown preset '{args.preset}'; choose one of: {', '.join(PRESETS)}")
+    closed = {m for model in MODELS.values() for m in model.closed_forms}
+    offered = ", ".join(["nuts", *spec.guides, *spec.closed_forms])
+    for raw in names:
+        name = ALIASES.get(raw, raw)
+        if name not in {"nuts", *closed, *GUIDES}:
+            raise ZooInputError(f"unknown method '{raw}'; choose from: {offered}")
+        if name in GUIDES and name not in spec.guides:
+            raise ZooInputError(
+                f"guide '{name}' does not apply to {spec.name}; it takes: {', '.join(spec.guides)}"
+            )
+        if name in closed and name not in spec.closed_forms:
+            raise ZooInputError(
+                f"{flag}: method '{name}' is not available for {spec.name}; choose from: {offered}"
+            )
+
+
+def _check(args: argparse.Namespace) -> tuple[list[int] | None, Path]:
+    """Check every argument that can be checked without torch, and the out-dir; return the
+    numbers of components (several: choose K) and the out-dir."""
+    spec = get_model(args.model)
+    if args.preset not in PRESET_NAMES:
+        raise ZooInputError(
+            f"unknown preset '{args.preset}'; choose one of: {', '.join(PRESET_NAMES)}"
+        )
     ks = None
     if args.num_components is not None:
+        if "num_components" not in spec.options:
+            raise ZooInputError(
+                f"--num-components does not apply to {spec.name}; see zoo {args.command} --help"
+            )
         ks = parse_ks(args.num_components)
-        if len(ks) > 1:
-            if args.command != "compare":
-                raise ZooInputError(
-                    "zoo fit takes one --num-components; compare several with zoo compare"
-                )
-            return _select(args, ks)
-        args.num_components = ks[0]
+        if len(ks) > 1 and args.command != "compare":
+            raise ZooInputError(
+                "zoo fit takes one --num-components; compare several with zoo compare"
+            )
+        args.num_components = ks[0] if len(ks) == 1 else None
+    spec, _, data = _options(args)
+    if ks is not None and len(ks) > 1 and args.reference not in (None, "nuts"):
+        raise ZooInputError("choosing K judges every method against NUTS; drop --reference")
+    if args.command == "fit":
+        _check_methods(spec, [args.method], "--method")
+    else:
+        _check_methods(spec, args.methods or [], "--methods")
+        if args.reference not in (None, "none"):
+            _check_methods(spec, [args.reference], "--reference")
+    if args.batch_size is not None and not spec.minibatch:
+        raise ZooInputError(f"--batch-size does not apply to {spec.name}; it fits every row")
+    for flag, value in (
+        ("--encoder", args.encoder),
+        ("--amortized-globals", args.amortized_globals),
+    ):
+        if value is not None and "amortized" not in spec.guides:
+            raise ZooInputError(f"{flag} is for the amortized guide, which {spec.name} has not")
+    stem = Path(data).stem
+    if args.command == "fit":
+        from guides import ALIASES
+
+        default_dir = (
+            Path("reports") / f"{spec.name}-{stem}-{ALIASES.get(args.method, args.method)}"
+        )
+    elif ks is not None and len(ks) > 1:
+        default_dir = Path("reports") / f"{spec.name}-{stem}-k"
+    else:
+        default_dir = Path("reports") / f"{spec.name}-{stem}"
+    out_dir = args.out_dir or default_dir
+    check_writable(out_dir)
+    return ks, out_dir
+
+
+def _run(args: argparse.Namespace, ks: list[int] | None, out_dir: Path) -> int:
+    from comparisons.compare import compare
+    from comparisons.runners import resolve_methods
+
+    if ks is not None and len(ks) > 1:
+        return _select(args, ks, out_dir)
     spec, posterior = _posterior(args)
-    stem = Path(posterior.dataset).stem
     if args.command == "fit":
         methods = resolve_methods(posterior, [args.method])
         reference = "none"
-        default_dir = Path("reports") / f"{spec.name}-{stem}-{methods[0]}"
     else:
         methods = args.methods
         reference = args.reference
-        default_dir = Path("reports") / f"{spec.name}-{stem}"
-    out_dir = args.out_dir or default_dir
     result = compare(
         posterior,
         methods=methods,
@@ -248,11 +348,27 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         preset=_preset(args, spec, posterior.num_data),
         out_dir=out_dir,
-        progress=args.progress,
+        progress=_progress(args),
+        on_method=_print_finished,
     )
     _print_methods(result.results)
     print(f"report: {out_dir / 'index.html'}")
     return 0
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars: as asked, else when stderr is a terminal (not in CI, not in tests)."""
+    return sys.stderr.isatty() if args.progress is None else args.progress
+
+
+def _print_finished(method: str, info: dict) -> None:
+    """One line on stderr as each method finishes (the verdicts follow on stdout at the end)."""
+    k = f"K={info['k']} " if "k" in info else ""
+    if info["status"] == "ok":
+        line = f"{k}{method} finished in {info['wall_s']:.1f} s"
+    else:
+        line = f"{k}{method} failed after {info['wall_s']:.1f} s: {info.get('error', '')}"
+    print(f"zoo: {line}", file=sys.stderr, flush=True)
 
 
 def _print_methods(results: dict) -> None:
@@ -300,21 +416,12 @@ def _preset(args: argparse.Namespace, spec, num_rows: int):
     return dataclasses.replace(preset, fit=fit)
 
 
-def _select(args: argparse.Namespace, ks: list[int]) -> int:
+def _select(args: argparse.Namespace, ks: list[int], out_dir: Path) -> int:
     from comparisons.runners import resolve_methods
     from comparisons.select import select_components
 
-    spec = get_model(args.model)
-    if "num_components" not in spec.options:
-        raise ZooInputError(
-            f"--num-components does not apply to {spec.name}; see zoo {args.command} --help"
-        )
-    args.num_components = None
     spec, first = _posterior(args, num_components=ks[0])
-    if args.reference not in (None, "nuts"):
-        raise ZooInputError("choosing K judges every method against NUTS; drop --reference")
     methods = None if args.methods is None else resolve_methods(first, args.methods)
-    out_dir = args.out_dir or Path("reports") / f"{spec.name}-{Path(first.dataset).stem}-k"
     result = select_components(
         lambda k: first if k == ks[0] else _posterior(args, num_components=k)[1],
         ks,
@@ -322,7 +429,8 @@ def _select(args: argparse.Namespace, ks: list[int]) -> int:
         seed=args.seed,
         preset=_preset(args, spec, first.num_data),
         out_dir=out_dir,
-        progress=args.progress,
+        progress=_progress(args),
+        on_method=_print_finished,
     )
     _print_methods(result.results)
     chosen = result.results["selection"]["chosen"]
@@ -344,13 +452,14 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"report: {render(args.dir)}")
             return 0
+        ks, out_dir = _check(args)  # before torch: argument errors answer at once
         import pyro
         import torch
 
         torch.set_num_threads(1)  # STYLE.md: one thread is faster on the small models
         torch.set_default_dtype(torch.float64)
         pyro.enable_validation(False)
-        return _run(args)
+        return _run(args, ks, out_dir)
     except ZooInputError as exc:
         print(f"zoo {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +23,8 @@ import numpy as np
 
 from comparisons import metrics as M
 from comparisons.convert import to_inference_data
+from comparisons.inputs import check_seed
+from comparisons.inputs import check_writable as _check_writable
 from comparisons.runners import PRESETS, MethodRun, Preset, resolve_methods, run_method
 from zoo import Posterior, ZooInputError
 
@@ -32,6 +35,15 @@ SCHEMA_VERSION = 1
 #: Numbers in a method's pointwise log-likelihood (draws x rows) above which its draws are
 #: thinned: 5e7 float64 are 400 MB.
 LOG_LIK_BUDGET = 50_000_000
+
+#: The file in an out-dir that lists the files the zoo wrote there (one path a line, relative
+#: to the out-dir): the next run into the folder removes those it does not write again, and
+#: never touches any other file.
+MANIFEST = ".zoo-manifest"
+
+#: ``on_method(method, info)``: called as each method finishes, with ``info`` holding
+#: ``wall_s`` (seconds), ``status`` (``"ok"`` or ``"failed"``) and, on failure, ``error``.
+OnMethod = Callable[[str, dict], None]
 
 
 @dataclass
@@ -153,6 +165,7 @@ def compare(
     preset: str | Preset = "full",
     out_dir: str | Path | None = None,
     progress: bool = False,
+    on_method: OnMethod | None = None,
 ) -> Comparison:
     """Run ``posterior`` under each method and measure accuracy and cost.
 
@@ -171,9 +184,15 @@ def compare(
     preset : {"smoke", "full"} or Preset
         How much work each method gets (a :class:`~comparisons.runners.Preset` for your own).
     out_dir : path, optional
-        Where to write index.html, results.json, <method>.nc and figures/; files are written
-        to a temporary folder first and moved in, so nothing is left half-written.
+        Where to write index.html, results.json, <method>.nc and figures/ (see :func:`write`);
+        checked before any work.
+    progress : bool
+        Show the progress bars of NUTS and of the fits.
+    on_method : callable, optional
+        ``on_method(method, info)`` as each method finishes (:data:`OnMethod`), e.g. to print
+        a line; the verdicts come once every method has run.
     """
+    seed = check_seed(seed)
     if isinstance(preset, Preset):
         settings = preset
     elif preset in PRESETS:
@@ -199,6 +218,12 @@ def compare(
         logger.info("running %s", method)
         run = run_method(posterior, method, seed=seed, preset=settings, progress=progress)
         timings["methods_s"] += run.cost["wall_s"]
+        info = {"wall_s": float(run.cost["wall_s"]), "status": "failed" if run.error else "ok"}
+        if run.error is not None:
+            info["error"] = run.error
+        logger.info("%s %s in %.1f s", method, info["status"], info["wall_s"])
+        if on_method is not None:
+            on_method(method, info)
         runs[method] = run
         if run.error is None:
             tick = time.perf_counter()
@@ -271,27 +296,54 @@ def _thin(run: MethodRun, limit: int) -> None:
     )
 
 
-def _check_writable(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ZooInputError(f"--out-dir '{out_dir}' is a file; give a folder path")
-    parent = out_dir.parent if out_dir.parent != Path("") else Path(".")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise ZooInputError(f"cannot write under '{probe}'; choose another --out-dir")
+def _umask() -> int:
+    """The process's file mode creation mask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, with the mode an
+    ordinary write would give (0666 less the umask; the temporary file is made 0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_manifest(out_dir: Path) -> set[str]:
+    """The files an earlier run of the zoo wrote to ``out_dir`` (none if it has no manifest).
+
+    Only plain relative paths inside the folder are taken: a damaged or edited manifest
+    cannot make a run remove anything outside it."""
+    try:
+        lines = (out_dir / MANIFEST).read_text().splitlines()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return set()
+    names = set()
+    for line in lines:
+        rel = Path(line.strip())
+        if line.strip() and not rel.is_absolute() and ".." not in rel.parts:
+            names.add(rel.as_posix())
+    return names
 
 
 def write(comparison: Comparison, out_dir: Path) -> Path:
-    """Write every file into a temporary folder beside ``out_dir``, then move each into
-    place with an atomic rename; an interruption leaves the old files or the new ones."""
+    """Write a run's files into ``out_dir``, which then holds that run's outputs only.
+
+    Every file is written into a temporary folder beside ``out_dir`` first; a failure there
+    leaves ``out_dir`` as it was. The files are then moved into place one atomic rename each
+    (index.html last), and the files that an earlier run wrote (listed in :data:`MANIFEST`)
+    and this one did not are removed; files the zoo did not write are never touched. The
+    manifest lists the union of old and new while the files move, so an interruption at any
+    point leaves whole files and a manifest that names every file the zoo wrote.
+    """
     from comparisons.report import render
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -301,13 +353,27 @@ def write(comparison: Comparison, out_dir: Path) -> Path:
             idata.to_netcdf(str(staging / f"{method}.nc"), engine="h5netcdf")
         (staging / "results.json").write_text(json.dumps(comparison.results, indent=2))
         render(staging)
+        new = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "figures").mkdir(exist_ok=True)
-        for path in sorted(staging.rglob("*")):
-            if path.is_file() and path.name != "index.html":
-                target = out_dir / path.relative_to(staging)
-                os.replace(path, target)
+        old = _read_manifest(out_dir)
+        _atomic_write_text(out_dir / MANIFEST, "".join(f"{n}\n" for n in sorted(old | set(new))))
+        for name in new:
+            if name != "index.html":
+                (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / name, out_dir / name)
         os.replace(staging / "index.html", out_dir / "index.html")
+        for name in sorted(old - set(new)):
+            stale = out_dir / name
+            if stale.is_file() or stale.is_symlink():
+                stale.unlink()
+                logger.info("removed %s of an earlier run", stale)
+            if (
+                stale.parent != out_dir
+                and stale.parent.is_dir()
+                and not any(stale.parent.iterdir())
+            ):
+                stale.parent.rmdir()
+        _atomic_write_text(out_dir / MANIFEST, "".join(f"{n}\n" for n in new))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir

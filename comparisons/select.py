@@ -18,15 +18,21 @@ import arviz as az
 
 from comparisons.compare import (
     Comparison,
+    OnMethod,
     _atomic_write_text,
     _check_writable,
     compare,
     write,
 )
+from comparisons.inputs import check_seed, parse_ks
 from comparisons.runners import Preset
 from zoo import Posterior, ZooInputError
 
 logger = logging.getLogger(__name__)
+
+# parse_ks lives in comparisons.inputs (the command line reads --num-components without
+# importing ArviZ) and is kept here too, where it was.
+__all__ = ["SELECTION_METHODS", "criteria", "method_key", "parse_ks", "select_components"]
 
 #: What a K-selection runs by default: NUTS for ELPD, mean-field for the ELBO, EM for BIC.
 SELECTION_METHODS = ("em", "nuts", "mean_field")
@@ -46,6 +52,7 @@ def select_components(
     preset: str | Preset = "full",
     out_dir: str | Path | None = None,
     progress: bool = False,
+    on_method: OnMethod | None = None,
 ) -> Comparison:
     """Compare numbers of components K by three criteria, one comparison per K.
 
@@ -58,6 +65,9 @@ def select_components(
     methods : sequence of str, optional
         Methods run for every K (default ``em``, ``nuts``, ``mean_field``: what the
         criteria need). NUTS is each K's reference.
+    on_method : callable, optional
+        ``on_method(method, info)`` as each method of each K finishes, ``info`` as in
+        :func:`~comparisons.compare.compare` plus ``k``.
 
     Returns
     -------
@@ -72,6 +82,7 @@ def select_components(
     if len(ks) < 2:
         raise ZooInputError("choosing K needs at least two values, e.g. --num-components 1,2,3")
     methods = list(methods or SELECTION_METHODS)
+    seed = check_seed(seed)
     if out_dir is not None:
         _check_writable(Path(out_dir))
     posteriors = {k: make_posterior(k) for k in ks}  # bad input fails before any fit
@@ -86,6 +97,7 @@ def select_components(
             seed=seed,
             preset=preset,
             progress=progress,
+            on_method=None if on_method is None else _with_k(on_method, k),
         )
     records, idatas = {}, {}
     for k, comparison in per_k.items():
@@ -116,6 +128,11 @@ def select_components(
         comparison.out_dir = write(comparison, Path(out_dir))
         _atomic_write_text(Path(out_dir) / "results.json", json.dumps(results, indent=2))
     return comparison
+
+
+def _with_k(on_method: OnMethod, k: int) -> OnMethod:
+    """``on_method`` told which K the method ran with."""
+    return lambda method, info: on_method(method, {**info, "k": k})
 
 
 def criteria(per_k: dict[int, Comparison]) -> dict:
@@ -169,26 +186,3 @@ def criteria(per_k: dict[int, Comparison]) -> dict:
         within = [t["k"] for t in table if t["elpd_diff"] <= t["dse"]]
         chosen["elpd_loo_one_se"] = int(min(within))
     return {"criteria": rows, "chosen": chosen, "loo_compare": table}
-
-
-def parse_ks(text: str) -> list[int]:
-    """``"3"`` or ``"1,2,3"`` (or ``"1-5"``) as a list of whole numbers >= 1."""
-    ks: list[int] = []
-    for part in (p.strip() for p in str(text).split(",")):
-        if not part:
-            continue
-        try:
-            if "-" in part[1:]:
-                lo, hi = (int(v) for v in part.split("-", 1))
-                ks.extend(range(lo, hi + 1))
-            else:
-                ks.append(int(part))
-        except ValueError:
-            raise ZooInputError(
-                f"--num-components takes whole numbers, as 3 or 1,2,3 or 1-5; got '{text}'"
-            ) from None
-    if not ks or any(k < 1 for k in ks):
-        raise ZooInputError(
-            f"--num-components needs whole numbers >= 1, as 3 or 1,2,3; got '{text}'"
-        )
-    return ks

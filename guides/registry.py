@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import functools
+import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from pyro.infer.autoguide import AutoDelta
-
-from guides.amortized import AmortizedGuide
-from guides.flow import FlowGuide
-from guides.laplace import LaplaceGuide
-from guides.whiten import (
-    WhitenedDiagonalNormal,
-    WhitenedLowRankNormal,
-    WhitenedMultivariateNormal,
-)
 from zoo.errors import ZooInputError
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    """A guide class named by ``module:attr``, imported when the guide is first built, so
+    that the table (names, summaries) can be read without importing torch (``zoo list``)."""
+
+    target: str
+    kwargs: dict = field(default_factory=dict)
+
+    def __call__(self, *args, **kwargs) -> object:
+        module, attr = self.target.split(":")
+        cls = getattr(importlib.import_module(module), attr)
+        return cls(*args, **self.kwargs, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ GUIDES: dict[str, GuideSpec] = {
     "delta": GuideSpec(
         "delta",
         "MAP: a point mass at the posterior mode (AutoDelta); no uncertainty at all",
-        AutoDelta,
+        _Deferred("pyro.infer.autoguide:AutoDelta"),
         has_density=False,
         point=True,
         num_particles=1,
@@ -61,38 +65,38 @@ GUIDES: dict[str, GuideSpec] = {
     "laplace": GuideSpec(
         "laplace",
         "Laplace: Gaussian at the mode, inverse Hessian as covariance (unconstrained space)",
-        LaplaceGuide,
+        _Deferred("guides.laplace:LaplaceGuide"),
         num_particles=1,
         optimizer="lbfgs",
     ),
     "mean_field": GuideSpec(
         "mean_field",
         "mean-field: independent normals per coordinate; misses correlations",
-        WhitenedDiagonalNormal,
+        _Deferred("guides.whiten:WhitenedDiagonalNormal"),
         whiten=True,
     ),
     "low_rank": GuideSpec(
         "low_rank",
         "low-rank: normal with diagonal plus rank-r covariance, r ~ sqrt(dim)",
-        WhitenedLowRankNormal,
+        _Deferred("guides.whiten:WhitenedLowRankNormal"),
         whiten=True,
     ),
     "full_rank": GuideSpec(
         "full_rank",
         "full-rank: multivariate normal with a dense covariance",
-        WhitenedMultivariateNormal,
+        _Deferred("guides.whiten:WhitenedMultivariateNormal"),
         whiten=True,
     ),
     "flow": GuideSpec(
         "flow",
         "flow: normal through 2 affine autoregressive (IAF) layers and an affine map",
-        functools.partial(FlowGuide, num_transforms=2),
+        _Deferred("guides.flow:FlowGuide", {"num_transforms": 2}),
         whiten=True,
     ),
     "amortized": GuideSpec(
         "amortized",
         "amortized: an encoder network q(z | x) for per-row latents, a point for the globals",
-        AmortizedGuide,
+        _Deferred("guides.amortized:AmortizedGuide"),
         # One particle, as variational autoencoders are fitted: the per-row terms already
         # average over every row. On PPCA of digits 8 particles cost 9x the time a step.
         num_particles=1,

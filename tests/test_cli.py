@@ -8,6 +8,7 @@ written; a small compare, fit and report write what they announce.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import validate
 
+import comparisons.cli as cli_module
 import comparisons.runners as runners
 from comparisons import Preset
 from comparisons.cli import main
@@ -182,6 +184,16 @@ BAD_INPUT = {
     # argparse's own errors keep to one line too.
     "fit without a method": (["fit", "linear_regression"], "--method"),
     "dataset and data": ([*LR, "--dataset", "kidiq", "--data", "ok.csv"], "not allowed with"),
+    # Seeds: 0 <= seed < 2**31, so that every offset of a run (seed + chain) is one NumPy takes.
+    "negative seed": ([*LR, "--seed", "-3"], "the seed must be a whole number from 0 to"),
+    "huge seed": ([*LR, "--seed", "99999999999999999999999"], "from 0 to 2147483647"),
+    "seed at the limit": ([*LR, "--seed", str(2**31)], "from 0 to 2147483647"),
+    "seed not a number": ([*LR, "--seed", "1.5"], "the seed must be a whole number, as 0"),
+    "closed form of another model": (
+        ["compare", "gmm", "--methods", "exact"],
+        "method 'exact' is not available for gmm",
+    ),
+    "unknown reference": ([*LR, "--reference", "gibbs"], "unknown method 'gibbs'"),
 }
 
 
@@ -256,7 +268,7 @@ def test_compare_fit_and_report_write_what_they_announce(workdir, capsys, tiny_s
     results = json.loads((workdir / "cmp" / "results.json").read_text())
     validate(results)
     assert (results["preset"], results["reference"]) == ("smoke", "exact")
-    assert (results["num_data"], results["num_test"]) == (160, 40)  # --test-fraction 0.2
+    assert (results["num_data"], results["num_test"]) == (200, 0)  # every row is fitted
     assert {p.name for p in (workdir / "cmp").glob("*.nc")} == {
         "exact.nc",
         "delta.nc",
@@ -284,6 +296,7 @@ def test_compare_fit_and_report_write_what_they_announce(workdir, capsys, tiny_s
     validate(results)
     assert list(results["methods"]) == ["mean_field"] and results["reference"] is None
     assert sorted(p.name for p in (workdir / "fit").iterdir()) == [
+        ".zoo-manifest",
         "figures",
         "index.html",
         "mean_field.nc",
@@ -338,6 +351,10 @@ def test_choosing_k_and_fitting_an_amortized_guide(workdir, capsys, tiny_smoke):
         capsys,
     )
     assert code == 0, err
+    # One line a method of each K as it finishes, on stderr; the table at the end on stdout.
+    assert [line.split(" finished")[0] for line in err.splitlines() if " finished in " in line] == [
+        f"zoo: K={k} {method}" for k in (1, 2) for method in ("em", "mean_field")
+    ]
     lines = out.splitlines()
     assert lines[-2].startswith("chosen K: ") and "bic" in lines[-2]
     results = json.loads((workdir / "k" / "results.json").read_text())
@@ -371,3 +388,233 @@ def test_choosing_k_and_fitting_an_amortized_guide(workdir, capsys, tiny_smoke):
     ]["diagnostics"]
     assert (diagnostics["encoder"], diagnostics["global_guide"]) == ("mlp", "mean_field")
     assert "khat" in diagnostics  # mean-field globals have a density
+
+
+# --------------------------------------------------------------------------- out-dir
+
+#: Out-dirs that cannot be written: found before any work, one line, exit 2, nothing left.
+BAD_OUT_DIR = {
+    # /proc refuses new entries whatever the permissions say (os.access says yes to root).
+    "under /proc": lambda root: Path("/proc/zoo-out"),
+    # A path through a file: os.access on the file says it is writable.
+    "under a file": lambda root: root / "ok.csv" / "out",
+    "a file": lambda root: root / "ok.csv",
+    "read-only folder": lambda root: _read_only(root / "ro") / "out",
+}
+
+
+def _read_only(folder: Path) -> Path:
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+@pytest.mark.parametrize("case", list(BAD_OUT_DIR))
+def test_an_out_dir_that_cannot_be_written_is_one_line_before_any_work(case, workdir, capsys):
+    if case == "read-only folder" and os.geteuid() == 0:
+        pytest.skip("root writes into a read-only folder; the other cases run as root")
+    out_dir = BAD_OUT_DIR[case](workdir)
+    before = _snapshot(workdir)
+    # A reference that needs work (NUTS on kidiq) if the check came after it.
+    code, out, err = _zoo([*LR, "--methods", "nuts", "--out-dir", str(out_dir)], capsys)
+    assert (code, out) == (2, "")
+    assert len(err.splitlines()) == 1 and f"--out-dir '{out_dir}'" in err, err
+    assert _snapshot(workdir) == before
+    assert "torch" not in err
+
+
+# --------------------------------------------------------------------------- no torch
+
+#: Commands that answer without importing torch (or ArviZ): help, list and argument errors.
+LIGHT = {
+    "help": (["--help"], 0),
+    "list": (["list"], 0),
+    "compare help": (["compare", "--help"], 0),
+    "fit help": (["fit", "--help"], 0),
+    "unknown model": (["compare", "linear_regresion"], 2),
+    "unknown preset": ([*LR, "--preset", "fast"], 2),
+    "negative seed": ([*LR, "--seed", "-3"], 2),
+    "unknown method": ([*LR, "--methods", "nuts,gibbs"], 2),
+    "guide that does not apply": (["compare", "gmm", "--methods", "flow"], 2),
+    "unknown method to fit": (["fit", "ppca", "--method", "ful_rank"], 2),
+    "cuda": ([*LR, "--device", "cuda"], 2),
+    "unknown dataset": (["compare", "gmm", "--dataset", "irs"], 2),
+    "flag of another model": (["compare", "gmm", "--degree", "3"], 2),
+    "K for regression": ([*LR, "--num-components", "3"], 2),
+    "K not a number": (["compare", "gmm", "--num-components", "x"], 2),
+    "batch size for regression": ([*LR, "--batch-size", "10"], 2),
+    "encoder for a mixture": (["compare", "gmm", "--encoder", "mlp"], 2),
+    "out-dir under /proc": ([*LR, "--out-dir", "/proc/zoo-out"], 2),
+}
+
+_LIGHT_SCRIPT = """
+import contextlib, io, json, sys
+from comparisons.cli import main
+codes = []
+for argv in json.loads(sys.argv[1]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    heavy = [m for m in ("torch", "pyro", "arviz", "pandas") if m in sys.modules]
+    codes.append([code, heavy])
+print(json.dumps(codes))
+"""
+
+
+def test_help_list_and_argument_errors_do_not_import_torch(tmp_path):
+    """One fresh interpreter runs every command of LIGHT in turn and lists, after each, the
+    heavy modules imported so far: none (each answers in a fraction of a second)."""
+    cases = list(LIGHT.values())
+    proc = subprocess.run(
+        [sys.executable, "-c", _LIGHT_SCRIPT, json.dumps([argv for argv, _ in cases])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    for name, (code, heavy), (_, expected) in zip(LIGHT, seen, cases, strict=True):
+        assert (code, heavy) == (expected, []), name
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_light_tables_match_the_modules_they_stand_for():
+    """The registry's data set descriptions and the CLI's preset names are kept beside the
+    modules (which import torch) that load and define them."""
+    import importlib
+
+    from comparisons.cli import PRESET_NAMES
+
+    for name, spec in MODELS.items():
+        module = importlib.import_module(f"zoo.{name}")
+        assert dict(spec.datasets) == {k: v.description for k, v in module.DATASETS.items()}
+    assert PRESET_NAMES == tuple(runners.PRESETS)
+
+
+def test_list_columns_line_up(capsys):
+    code, out, _ = _zoo(["list"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    # Each data set line: name, spaces, description; every description in the same column.
+    data_lines = [
+        line
+        for spec in MODELS.values()
+        for name in spec.datasets
+        for line in lines
+        if line.strip().startswith(f"{name} ") and spec.datasets[name] in line
+    ]
+    assert len(data_lines) >= sum(len(spec.datasets) for spec in MODELS.values())
+    columns = {line.index(desc) for line in data_lines for desc in _descriptions() if desc in line}
+    assert len(columns) == 1, columns
+    summaries = {
+        line.index(spec.summary)
+        for spec in [*MODELS.values(), *GUIDES.values()]
+        for line in lines
+        if spec.summary in line
+    }
+    assert len(summaries) == 1, summaries
+
+
+def _descriptions() -> list[str]:
+    return [text for spec in MODELS.values() for text in spec.datasets.values()]
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def test_the_largest_seed_runs_every_offset():
+    """A run offsets the seed (NUTS chain c: seed + c; pyro seeds NumPy, which takes values
+    below 2**32): the largest seed the CLI takes runs two chains."""
+    from comparisons.inputs import SEED_LIMIT
+    from comparisons.runners import run_nuts
+
+    post = MODELS["linear_regression"].example(0)
+    few = Preset("few", num_chains=2, num_warmup=5, num_samples=5, num_draws=5, fit=TINY.fit)
+    run = run_nuts(post, seed=SEED_LIMIT - 1, preset=few)
+    assert run.error is None and run.draws["sigma"].shape == (2, 5)
+
+
+# --------------------------------------------------------------------------- reruns
+
+
+def test_a_rerun_leaves_only_its_own_files_with_the_umask(workdir, capsys, monkeypatch):
+    """A second run into the same out-dir removes the first run's files it does not write
+    again, keeps files the zoo did not write, writes every file with the umask's mode, and
+    prints one line a method as it finishes; a run that fails while writing leaves the
+    out-dir as it was."""
+    import importlib
+
+    cmp = importlib.import_module("comparisons.compare")  # the package's `compare` is the function
+
+    events = []
+    real_run = cmp.run_method
+
+    def run_method(posterior, method, **kwargs):
+        events.append(("run", method))
+        return real_run(posterior, method, **kwargs)
+
+    monkeypatch.setattr(cmp, "run_method", run_method)
+    real_print = cli_module._print_finished
+    monkeypatch.setattr(
+        cli_module,
+        "_print_finished",
+        lambda method, info: (events.append(("done", method)), real_print(method, info)),
+    )
+    sim = [*LR, "--dataset", "simulated", "--prior", "conjugate", "--out-dir", "out"]
+    old_mask = os.umask(0o027)
+    try:
+        code, out, err = _zoo([*sim, "--methods", "exact,map", "--no-progress"], capsys)
+        assert code == 0, err
+        assert events == [("run", "exact"), ("done", "exact"), ("run", "delta"), ("done", "delta")]
+        assert [line.split()[:2] for line in err.splitlines() if " finished in " in line] == [
+            ["zoo:", "exact"],
+            ["zoo:", "delta"],
+        ]
+        out_dir = workdir / "out"
+        assert (out_dir / "delta.nc").is_file()
+        first_figures = {p.name for p in (out_dir / "figures").iterdir()}
+        (out_dir / "notes.txt").write_text("mine")
+        (out_dir / "figures" / "mine.png").write_bytes(b"mine")
+        # A run that fails while writing its files leaves the folder as it was.
+        before = _snapshot(workdir)
+
+        def broken(folder):
+            raise RuntimeError("disk full")
+
+        with pytest.MonkeyPatch.context() as patch, pytest.raises(RuntimeError, match="disk"):
+            patch.setattr("comparisons.report.render", broken)
+            _zoo([*sim, "--methods", "exact"], capsys)
+        assert _snapshot(workdir) == before
+
+        code, out, err = _zoo([*sim, "--methods", "exact"], capsys)
+        assert code == 0, err
+    finally:
+        os.umask(old_mask)
+    names = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
+    written = set((out_dir / ".zoo-manifest").read_text().splitlines())
+    assert "delta.nc" not in names and "exact.nc" in names
+    assert names == written | {".zoo-manifest", "notes.txt", "figures/mine.png"}
+    assert {p.name for p in (out_dir / "figures").iterdir()} - {"mine.png"} <= first_figures
+    for name in written | {".zoo-manifest"}:
+        assert (out_dir / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def test_progress_bars_follow_the_terminal(monkeypatch):
+    import argparse
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+    assert cli_module._progress(argparse.Namespace(progress=None)) is False  # tests: no TTY
+    assert cli_module._progress(argparse.Namespace(progress=True)) is True
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert cli_module._progress(argparse.Namespace(progress=None)) is True
+    assert cli_module._progress(argparse.Namespace(progress=False)) is False
+    parser = cli_module.build_parser()
+    assert parser.parse_args([*LR, "--no-progress"]).progress is False
+    assert parser.parse_args([*LR, "--progress"]).progress is True

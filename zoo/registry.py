@@ -1,13 +1,44 @@
-"""The model registry: one frozen spec per model, keyed by the model's module name."""
+"""The model registry: one frozen spec per model, keyed by the model's module name.
+
+The registry is a light table: it imports neither torch nor the model packages, so the
+command line can list models, data sets and options and check its arguments in a fraction of
+a second (``zoo list``, ``zoo --help``, argument errors). A model's package is imported the
+first time its posterior is built (:meth:`ModelSpec.make_posterior`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import importlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from zoo import gmm, linear_regression, ppca
 from zoo.errors import ZooInputError
-from zoo.posterior import Posterior
+
+if TYPE_CHECKING:
+    from zoo.posterior import Posterior
+
+
+class _ModuleTable(Mapping[str, str]):
+    """A mapping kept as a module attribute, read on first use (``zoo.ppca:CLOSED_FORM_HINTS``):
+    the hints of closed forms are only needed once a posterior exists."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self._where = (module, name)
+
+    def _table(self) -> Mapping[str, str]:
+        module, name = self._where
+        return getattr(importlib.import_module(module), name)
+
+    def __getitem__(self, key: str) -> str:
+        return self._table()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
 
 
 @dataclass(frozen=True)
@@ -16,10 +47,13 @@ class ModelSpec:
 
     ``guides`` are the guide keys that apply; ``closed_forms`` the closed-form methods the
     model can offer (a posterior built with some options may offer fewer: see
-    ``Posterior.closed_forms``); ``options`` the keyword options of ``make_posterior`` that
-    the command line may set; ``example(seed)`` a small posterior on simulated data, which
-    the registry tests run every model through. ``minibatch``: the model's data plate takes
-    ``subsample_size``, so SVI can fit it on minibatches (``FitConfig.subsample_size``).
+    ``Posterior.closed_forms``); ``datasets`` the built-in data sets with a one-line
+    description (the model package's ``DATASETS`` loads them; a test keeps the two equal);
+    ``options`` the keyword options of ``make_posterior`` that the command line may set;
+    ``example(seed)`` a small posterior on simulated data, which the registry tests run every
+    model through. ``minibatch``: the model's data plate takes ``subsample_size``, so SVI can
+    fit it on minibatches (``FitConfig.subsample_size``). ``neural``: the model has networks
+    and may run on ``cuda``.
     """
 
     name: str
@@ -29,10 +63,40 @@ class ModelSpec:
     datasets: Mapping[str, str]
     default_dataset: str
     options: tuple[str, ...]
-    make_posterior: Callable[..., Posterior]
     example: Callable[[int], Posterior]
     closed_form_hints: Mapping[str, str] = field(default_factory=dict)
     minibatch: bool = False
+    neural: bool = False
+
+    @property
+    def module(self) -> ModuleType:
+        """The model's package (``zoo.<name>``), imported on first use."""
+        return importlib.import_module(f"zoo.{self.name}")
+
+    def make_posterior(self, *args, **kwargs) -> Posterior:
+        """The model's ``make_posterior`` (see the model's package)."""
+        return self.module.make_posterior(*args, **kwargs)
+
+
+def _linear_regression_example(seed: int) -> Posterior:
+    from zoo import linear_regression
+
+    frame, _ = linear_regression.simulate(seed, 30, 3, correlation=0.5)
+    return linear_regression.make_posterior(frame)
+
+
+def _gmm_example(seed: int) -> Posterior:
+    from zoo import gmm
+
+    frame, _ = gmm.simulate(seed, num_components=2, num_data=40, num_features=2)
+    return gmm.make_posterior(frame, num_components=2)
+
+
+def _ppca_example(seed: int) -> Posterior:
+    from zoo import ppca
+
+    frame, _ = ppca.simulate(seed, num_data=40, num_features=5, latent_dim=2)
+    return ppca.make_posterior(frame, latent_dim=2)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -41,7 +105,23 @@ MODELS: dict[str, ModelSpec] = {
         summary="Bayesian linear regression, data-scaled weakly informative or conjugate priors",
         guides=("delta", "laplace", "mean_field", "low_rank", "full_rank", "flow"),
         closed_forms=("exact",),
-        datasets={k: v.description for k, v in linear_regression.DATASETS.items()},
+        datasets={
+            "simulated": "200 rows from simulate(seed): 3 standard-normal features correlated"
+            " at 0.5, sigma = 1",
+            "sine": "30 noisy points of sin(2 pi x) (Bishop 2006, section 1.1); use with"
+            " --degree 3",
+            "diabetes": "scikit-learn diabetes: 442 patients, 10 baseline variables, disease"
+            " progression",
+            "kidiq": "posteriordb kidiq: child test score on mother's high school (0/1) and IQ,"
+            " 434 rows",
+            "earnings": "posteriordb earnings: log earnings on height and sex (male 0/1),"
+            " 1192 rows",
+            "mesquite": "posteriordb mesquite: log leaf weight on log shrub dimensions and"
+            " group, 46 rows",
+            "sblri": "posteriordb sblri: 100 rows, 5 independent features, no intercept,"
+            " N(0,10) and HalfNormal(10) priors",
+            "sblrc": "posteriordb sblrc: as sblri with strongly correlated features",
+        },
         default_dataset="kidiq",
         options=(
             "target",
@@ -58,10 +138,7 @@ MODELS: dict[str, ModelSpec] = {
             "sigma_shape",
             "test_fraction",
         ),
-        make_posterior=linear_regression.make_posterior,
-        example=lambda seed: linear_regression.make_posterior(
-            linear_regression.simulate(seed, 30, 3, correlation=0.5)[0]
-        ),
+        example=_linear_regression_example,
         closed_form_hints={
             "exact": "'exact' needs the conjugate prior (--prior conjugate) or a known noise"
             " scale (--sigma-known S)"
@@ -72,14 +149,19 @@ MODELS: dict[str, ModelSpec] = {
         summary="Gaussian mixture with diagonal covariances; assignments summed out by enumeration",
         guides=("delta", "laplace", "mean_field", "full_rank"),
         closed_forms=("em",),
-        datasets={k: v.description for k, v in gmm.DATASETS.items()},
+        datasets={
+            "separated": "300 rows from simulate(seed): 3 well-separated components in 2-D"
+            " (means 6 sds apart)",
+            "overlapping": "300 rows from simulate(seed): 3 overlapping components in 2-D"
+            " (means 2 sds apart)",
+            "iris": "scikit-learn iris: 150 flowers, 4 measurements (cm), 3 species (not shown"
+            " to methods)",
+            "low_dim_gauss_mix": "posteriordb low_dim_gauss_mix: 1000 draws of a 1-D"
+            " two-component normal mixture",
+        },
         default_dataset="separated",
         options=("features", "num_components", "test_fraction"),
-        make_posterior=gmm.make_posterior,
-        example=lambda seed: gmm.make_posterior(
-            gmm.simulate(seed, num_components=2, num_data=40, num_features=2)[0],
-            num_components=2,
-        ),
+        example=_gmm_example,
         minibatch=True,
     ),
     "ppca": ModelSpec(
@@ -87,14 +169,18 @@ MODELS: dict[str, ModelSpec] = {
         summary="probabilistic PCA; latents integrated out for NUTS and global guides",
         guides=("delta", "laplace", "mean_field", "low_rank", "full_rank", "amortized"),
         closed_forms=("ml", "em"),
-        datasets={k: v.description for k, v in ppca.DATASETS.items()},
+        datasets={
+            "digits": "scikit-learn digits: 1797 handwritten digits, 8x8 pixels (0-16) as 64"
+            " features, K = 5; the digit class colours plots",
+            "iris": "scikit-learn iris: 150 flowers, 4 measurements in cm, K = 2; species"
+            " colours plots",
+            "simulated": "500 rows from simulate(seed): 10 features, true K = 2, standard"
+            " normal loadings, sigma = 0.5",
+        },
         default_dataset="digits",
         options=("features", "latent_dim", "test_fraction"),
-        make_posterior=ppca.make_posterior,
-        example=lambda seed: ppca.make_posterior(
-            ppca.simulate(seed, num_data=40, num_features=5, latent_dim=2)[0], latent_dim=2
-        ),
-        closed_form_hints=ppca.CLOSED_FORM_HINTS,
+        example=_ppca_example,
+        closed_form_hints=_ModuleTable("zoo.ppca", "CLOSED_FORM_HINTS"),
     ),
 }
 
