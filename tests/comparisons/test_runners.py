@@ -17,6 +17,7 @@ from helpers import TINY, validate
 
 from comparisons import compare
 from comparisons.runners import PRESETS, NutsBudget, _Guard, _Stopped, run_nuts, tree_depth
+from zoo import gmm
 from zoo import linear_regression as lr
 
 #: A correlation no diagonal mass matrix can undo: the narrow direction has sd
@@ -145,3 +146,20 @@ def test_a_stopped_reference_judges_nothing_and_every_verdict_says_why(regressio
     assert "not judged: the reference nuts stopped" in delta["verdict"]
     assert "max_abs_mean_z" not in delta["metrics"]
     assert "nuts" not in result.idata
+
+
+@pytest.mark.slow
+def test_a_mixture_with_more_components_than_the_data_support_ends_in_warm_up():
+    """Iris with K = 5 under the smoke preset (issue 9: over 15 minutes, the step size near
+    1e-4, 1.25-3 s an iteration). Seen (seed 0): stopped at warm-up iteration 296 of chain 1,
+    after the mass-matrix update at iteration 250, with 80% of the last 25 trees at the
+    maximum depth and the step size at 1.3e-3 from 0.125; 37,673 gradient evaluations. A
+    budget of 60,000 bounds the test on a machine whose rounding sends the chain elsewhere."""
+    post = gmm.make_posterior("iris", num_components=5, seed=0)
+    budget = dataclasses.replace(PRESETS["smoke"].nuts_budget, max_grad_evals=60_000)
+    preset = dataclasses.replace(PRESETS["smoke"], nuts_budget=budget)
+    run = run_nuts(post, seed=0, preset=preset)
+    assert run.stopped and run.draws == {}
+    assert re.match(r"stopped(: trees at the maximum depth| at its budget)", run.error)
+    assert "guide" in run.error  # what to try
+    assert run.cost["grad_evals"] <= 60_000 + 1023
