@@ -134,9 +134,11 @@ def regression():
     return lr.make_posterior(frame, seed=0, truth=truth)
 
 
-def test_a_stopped_reference_judges_nothing_and_every_verdict_says_why(regression):
+def test_a_stopped_reference_judges_nothing_and_every_verdict_says_why(regression, tmp_path):
     preset = dataclasses.replace(TINY, nuts_budget=NutsBudget(max_grad_evals=100))
-    result = compare(regression, methods=["nuts", "delta"], reference="nuts", preset=preset)
+    result = compare(
+        regression, methods=["nuts", "delta"], reference="nuts", preset=preset, out_dir=tmp_path
+    )
     validate(result.results)
     nuts, delta = (result.results["methods"][m] for m in ("nuts", "delta"))
     assert result.results["reference"] is None
@@ -146,6 +148,9 @@ def test_a_stopped_reference_judges_nothing_and_every_verdict_says_why(regressio
     assert "not judged: the reference nuts stopped" in delta["verdict"]
     assert "max_abs_mean_z" not in delta["metrics"]
     assert "nuts" not in result.idata
+    page = (tmp_path / "index.html").read_text()
+    assert "stopped at its budget of 100 gradient evaluations" in page
+    assert not (tmp_path / "nuts.nc").exists()
 
 
 @pytest.mark.slow
