@@ -104,11 +104,14 @@ def _record(
 ) -> dict:
     cost = {k: (float(v) if k == "wall_s" else int(v)) for k, v in run.cost.items()}
     if run.error is not None or idata is None:
+        diagnostics = {"status": "failed", "error": run.error or "no draws"}
+        if run.stopped:  # stopped at its budget, or by a rule of runners.NutsBudget
+            diagnostics = {**run.diagnostics, "status": "stopped", "reason": run.error}
         return {
             "cost": cost,
             "summary": {},
             "metrics": {},
-            "diagnostics": {"status": "failed", "error": run.error or "no draws"},
+            "diagnostics": _clean(diagnostics, numbers_only=False),
         }
     sites = posterior.sites
     # A closed form with exact moments is summarized by them, not by its draws.
@@ -238,7 +241,7 @@ def compare(
             idatas[method] = to_inference_data(posterior, run, seed=seed)
             timings["conversion_s"] += time.perf_counter() - tick
         else:
-            logger.warning("%s failed: %s", method, run.error)
+            logger.warning("%s %s", method, run.error if run.stopped else f"failed: {run.error}")
     tick = time.perf_counter()
     ref, ref_draws = None, None
     if reference is not None and reference in idatas:
@@ -248,6 +251,12 @@ def compare(
     records = {m: _record(posterior, runs[m], idatas.get(m), ref, ref_draws) for m in chosen}
     for m, rec in records.items():
         rec["verdict"] = M.verdict(m, rec, reference=reference if ref else None)
+    if reference is not None and ref is None:  # the reference failed or was stopped
+        status = records[reference]["diagnostics"].get("status", "failed")
+        for m, rec in records.items():
+            if m != reference:
+                note = f"not judged: the reference {reference} {status} (see its line)"
+                rec["verdict"] = "; ".join(v for v in (rec["verdict"], note) if v)
     timings["metrics_s"] = time.perf_counter() - tick
     results = {
         "schema": SCHEMA_VERSION,

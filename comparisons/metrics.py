@@ -193,6 +193,8 @@ def verdict(method: str, record: Mapping[str, Mapping], *, reference: str | None
     diag, met = record["diagnostics"], record["metrics"]
     if diag.get("status") == "failed":
         return f"failed: {diag.get('error', '')}"
+    if diag.get("status") == "stopped":  # the reason starts with "stopped"
+        return str(diag.get("reason", "stopped"))
     notes = []
     if method == "nuts":
         # Where raw parameters are not identified (rotations of PPCA's loadings), NUTS is

@@ -21,9 +21,46 @@ from zoo import Posterior, ZooInputError, get_model
 
 
 @dataclass(frozen=True)
+class NutsBudget:
+    """When NUTS is stopped and reported rather than waited on.
+
+    Budgets, over all chains, warm-up included: ``max_grad_evals`` gradient evaluations
+    (machine-independent: the same seed stops at the same draw on any machine) and
+    ``max_seconds`` of wall time (a safety net on a slow or busy machine); None for none.
+    Per iteration: at most 2^``max_tree_depth`` - 1 leapfrog steps (Pyro's and Stan's
+    default depth, 10).
+
+    Rules for a chain that cannot do its job in reasonable time, applied from its
+    ``check_after``-th iteration on (warm-up or sampling): it is stopped when, of its last
+    ``window`` trees, a share of ``max_depth_share`` or more reached the maximum tree depth
+    (each such iteration costs up to 2^depth - 1 gradient evaluations and still moves
+    little), or when its adapted step size fell below ``min_step_ratio`` times the one it
+    started from. Both mean the posterior is badly scaled for the sampler, or it hops
+    between separated modes. The default ``check_after`` waits for Pyro's first mass-matrix
+    update (after 75 + 25 warm-up iterations): before it, deep trees are normal on a
+    posterior whose scales differ (seen: 8% of the trees of warm-up iterations 25-49 at the
+    maximum depth on kidiq with the raw intercept, none from 75 on). Seen on iris with
+    K = 5 (smoke): after the update at iteration 250 the step size fell to 0.0013 (0.125 at
+    the start), and by iteration 296 80% of the last 25 trees were at the maximum depth
+    (860 gradient evaluations an iteration)."""
+
+    max_grad_evals: int | None = None
+    max_seconds: float | None = None
+    max_tree_depth: int = 10
+    check_after: int = 100
+    window: int = 25
+    max_depth_share: float = 0.8
+    min_step_ratio: float = 1e-3
+
+
+@dataclass(frozen=True)
 class Preset:
     """How much work each method gets, and the options of guide families that have some
-    (``guide_options["amortized"] = {"encoder": "mlp", "global_guide": "mean_field"}``)."""
+    (``guide_options["amortized"] = {"encoder": "mlp", "global_guide": "mean_field"}``).
+
+    ``nuts_budget`` caps NUTS (:class:`NutsBudget`); the SVI and L-BFGS fits are capped by
+    ``fit.num_steps``. A method stopped at its budget is reported as stopped, with the
+    reason in its verdict."""
 
     name: str
     num_chains: int
@@ -32,8 +69,13 @@ class Preset:
     num_draws: int
     fit: FitConfig
     guide_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    nuts_budget: NutsBudget = field(default_factory=NutsBudget)
 
 
+#: The NUTS budgets leave room over the costliest healthy runs seen: with the smoke preset,
+#: kidiq with the raw intercept took 117,471 gradient evaluations (2 chains), iris with
+#: K = 4 about 15,000 a chain; full runs 4 chains of twice the iterations. The seconds are
+#: a safety net only (that kidiq run took 604 s on 2 cores shared with five other jobs).
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         "smoke",
@@ -42,9 +84,16 @@ PRESETS: dict[str, Preset] = {
         num_samples=500,
         num_draws=2000,
         fit=FitConfig(num_steps=3000, min_steps=400, window=100),
+        nuts_budget=NutsBudget(max_grad_evals=200_000, max_seconds=1800),
     ),
     "full": Preset(
-        "full", num_chains=4, num_warmup=1000, num_samples=1000, num_draws=4000, fit=FitConfig()
+        "full",
+        num_chains=4,
+        num_warmup=1000,
+        num_samples=1000,
+        num_draws=4000,
+        fit=FitConfig(),
+        nuts_budget=NutsBudget(max_grad_evals=1_000_000, max_seconds=7200),
     ),
 }
 
@@ -73,10 +122,87 @@ class MethodRun:
     error: str | None = None
     trace_label: str = "ELBO"
     per_row: dict[str, tuple[np.ndarray, tuple[str, ...]]] = field(default_factory=dict)
+    stopped: bool = False
+
+
+class _Stopped(Exception):
+    """Raised from inside NUTS to leave ``mcmc.run``; its message says why and what to try."""
+
+
+#: What to try when NUTS cannot move through a posterior.
+_NUTS_ADVICE = (
+    "the posterior is badly scaled for the sampler or has separated modes: try a simpler"
+    " model (for a mixture, fewer components), a reparameterization, or a guide"
+)
+
+
+@dataclass
+class _Guard:
+    """Applies a :class:`NutsBudget` to the chains of one NUTS run, after every iteration."""
+
+    budget: NutsBudget
+    num_chains: int
+    num_warmup: int
+    num_samples: int
+    start: float = field(default_factory=time.perf_counter)
+    chain: int = 0
+    grad_evals_before: int = 0  # spent by the chains that finished
+
+    def check(self, kernel: _CountingNUTS) -> None:
+        """Raise :class:`_Stopped` when the run is over its budget or cannot do its job."""
+        b, it = self.budget, len(kernel.per_draw)
+        warmup = it <= self.num_warmup
+        where = f"chain {self.chain + 1} of {self.num_chains}, " + (
+            f"warm-up iteration {it} of {self.num_warmup}"
+            if warmup
+            else f"draw {it - self.num_warmup} of {self.num_samples}"
+        )
+        draws = self.chain * self.num_samples + max(0, it - self.num_warmup)
+        total = self.num_chains * self.num_samples
+        spent = self.grad_evals_before + kernel.grad_evals
+        seconds = time.perf_counter() - self.start
+        last = [s[0] for s in kernel.per_draw[-b.window :]]
+        max_steps = 2 ** (kernel._max_tree_depth - 1)  # the last doubling was reached
+        deep = sum(n >= max_steps for n in last) / len(last)
+        cost = (
+            f"trees at the maximum depth ({kernel._max_tree_depth}) on {deep:.0%} of the last"
+            f" {len(last)} iterations, {np.mean(last):.0f} gradient evaluations each"
+        )
+        if b.max_grad_evals is not None and spent > b.max_grad_evals:
+            budget = f"{b.max_grad_evals:,} gradient evaluations"
+        elif b.max_seconds is not None and seconds > b.max_seconds:
+            budget = f"{b.max_seconds:g} s"
+        else:
+            budget = None
+        if budget is not None:
+            raise _Stopped(
+                f"stopped at its budget of {budget} after {draws} of {total} draws ({where};"
+                f" {cost}); give it a larger budget (a larger preset, or a Preset of your own)"
+                " or use a guide"
+            )
+        if it < b.check_after or len(last) < b.window:
+            return
+        ratio = float(kernel.step_size) / kernel.initial_step_size
+        if ratio < b.min_step_ratio:
+            raise _Stopped(
+                f"stopped: the step size collapsed to {float(kernel.step_size):.1e} (from"
+                f" {kernel.initial_step_size:.1e} at the start) at {where}; {cost};"
+                f" {_NUTS_ADVICE}"
+            )
+        if deep >= b.max_depth_share:
+            raise _Stopped(
+                f"stopped: {cost} (step size {float(kernel.step_size):.1e}, from"
+                f" {kernel.initial_step_size:.1e} at the start) at {where}; {_NUTS_ADVICE}"
+            )
 
 
 class _CountingNUTS(NUTS):
-    """NUTS that counts potential-energy gradient evaluations and records per-draw stats."""
+    """NUTS that counts potential-energy gradient evaluations, records per-draw stats and
+    lets a :class:`_Guard` stop it after any iteration."""
+
+    def __init__(self, *args, guard: _Guard | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.guard = guard
 
     def _initialize_model_properties(self, model_args, model_kwargs):
         super()._initialize_model_properties(model_args, model_kwargs)
@@ -91,11 +217,15 @@ class _CountingNUTS(NUTS):
         self.potential_fn = counted
 
     def sample(self, params):
+        if not self.per_draw:  # the step size Pyro's heuristic found at set-up
+            self.initial_step_size = float(self.step_size)
         before, divergences = self.grad_evals, len(self._divergences)
         z = super().sample(params)
         self.per_draw.append(
             (self.grad_evals - before, len(self._divergences) > divergences, float(self.step_size))
         )
+        if self.guard is not None:
+            self.guard.check(self)
         return z
 
 
@@ -107,12 +237,16 @@ def run_nuts(
 
     NUTS runs on ``Posterior.sampler_model`` where the model offers a faster form of the
     same density (a mixture: the assignments summed out by ``MixtureSameFamily`` rather than
-    enumerated), else on ``Posterior.model``."""
+    enumerated), else on ``Posterior.model``.
+
+    ``preset.nuts_budget`` stops a run that is over its budget or cannot do its job (step
+    size collapsed, trees at the maximum depth); the run then has no draws, ``stopped`` is
+    True and ``error`` says why and what to try."""
     chains: list[dict[str, np.ndarray]] = []
     stats: dict[str, list[np.ndarray]] = {"n_steps": [], "diverging": [], "step_size": []}
-    grad_evals = 0
-    start = time.perf_counter()
+    guard = _Guard(preset.nuts_budget, preset.num_chains, preset.num_warmup, preset.num_samples)
     for chain in range(preset.num_chains):
+        guard.chain = chain
         pyro.set_rng_seed(seed + chain)
         # Each chain from its own start: the model's starting values where it has them (a
         # mixture: k-means++ rows), else the median of prior draws.
@@ -125,6 +259,8 @@ def run_nuts(
             ignore_jit_warnings=True,
             init_strategy=init,
             max_plate_nesting=posterior.max_plate_nesting,
+            max_tree_depth=preset.nuts_budget.max_tree_depth,
+            guard=guard,
         )
         mcmc = MCMC(
             kernel,
@@ -139,28 +275,68 @@ def run_nuts(
             warnings.filterwarnings(
                 "ignore", message=".*torch.jit.trace.* is deprecated", category=DeprecationWarning
             )
-            mcmc.run(**posterior.data)
+            try:
+                mcmc.run(**posterior.data)
+            except _Stopped as stop:
+                return _stopped_nuts(str(stop), kernel, guard, preset)
         chains.append({k: v.detach().numpy() for k, v in mcmc.get_samples().items()})
         kept = kernel.per_draw[-preset.num_samples :]
         stats["n_steps"].append(np.array([s[0] for s in kept]))
         stats["diverging"].append(np.array([s[1] for s in kept]))
         stats["step_size"].append(np.array([s[2] for s in kept]))
-        grad_evals += kernel.grad_evals
-    wall = time.perf_counter() - start
+        guard.grad_evals_before += kernel.grad_evals
+    wall = time.perf_counter() - guard.start
     draws = {k: np.stack([c[k] for c in chains]) for k in chains[0]}
     sample_stats = {k: np.stack(v) for k, v in stats.items()}
-    sample_stats["tree_depth"] = np.floor(np.log2(sample_stats["n_steps"] + 1)).astype(int)
+    sample_stats["tree_depth"] = tree_depth(sample_stats["n_steps"])
     return MethodRun(
         method="nuts",
         draws=draws,
-        cost={"wall_s": wall, "grad_evals": grad_evals},
+        cost={"wall_s": wall, "grad_evals": guard.grad_evals_before},
         diagnostics={
             "divergences": int(sample_stats["diverging"].sum()),
             "num_chains": preset.num_chains,
             "num_samples": preset.num_samples,
             "num_warmup": preset.num_warmup,
+            "max_tree_depth_share": float(
+                np.mean(sample_stats["tree_depth"] >= kernel._max_tree_depth)
+            ),
         },
         sample_stats=sample_stats,
+    )
+
+
+def tree_depth(n_steps: np.ndarray) -> np.ndarray:
+    """The depth of NUTS trees from their leapfrog steps: the number of doublings begun (a
+    tree of depth d takes 2^(d-1) to 2^d - 1 steps, fewer than 2^d - 1 when the last
+    doubling stopped at a U-turn)."""
+    return np.ceil(np.log2(np.asarray(n_steps) + 1)).astype(int)
+
+
+def _stopped_nuts(reason: str, kernel: _CountingNUTS, guard: _Guard, preset: Preset) -> MethodRun:
+    """A NUTS run that its guard stopped: no draws (what a stopped chain drew is not a
+    sample of the posterior), its cost, and where it stopped."""
+    last = kernel.per_draw[-1]
+    iteration = len(kernel.per_draw)
+    return MethodRun(
+        method="nuts",
+        draws={},
+        cost={
+            "wall_s": time.perf_counter() - guard.start,
+            "grad_evals": guard.grad_evals_before + kernel.grad_evals,
+        },
+        diagnostics={
+            "stopped_chain": guard.chain + 1,
+            "stopped_iteration": iteration,
+            "stopped_in": "warm-up" if iteration <= preset.num_warmup else "sampling",
+            "step_size": last[2],
+            "initial_step_size": kernel.initial_step_size,
+            "num_chains": preset.num_chains,
+            "num_samples": preset.num_samples,
+            "num_warmup": preset.num_warmup,
+        },
+        error=reason,
+        stopped=True,
     )
 
 
