@@ -99,12 +99,13 @@ def _record(
             "diagnostics": {"status": "failed", "error": run.error or "no draws"},
         }
     sites = posterior.sites
+    # The global sites, then the identified quantities judged (PPCA's C) as derived entries.
+    reported = list(dict.fromkeys((*sites, *(posterior.accuracy_sites or ()))))
+    stats = M.summary(idata, reported)
     # A closed form with exact moments is summarized by them, not by its draws.
     if run.moments is not None:
-        exact = M.moments_by_label(run.moments, idata, sites)
-        stats = {k: {"mean": m, "sd": s} for k, (m, s) in exact.items()}
-    else:
-        stats = M.summary(idata, sites)
+        exact = M.moments_by_label(run.moments, idata, [s for s in reported if s in run.moments])
+        stats.update({k: {"mean": m, "sd": s} for k, (m, s) in exact.items()})
     diagnostics = dict(run.diagnostics)
     met: dict[str, float] = {}
     if ref is not None:
@@ -221,8 +222,13 @@ def compare(
         ref = M.reference_moments(idatas[reference], runs[reference], judged)
         ref_draws = _flat_draws(runs[reference].draws)
     records = {m: _record(posterior, runs[m], idatas.get(m), ref, ref_draws) for m in chosen}
+    # A reference that fails its own checks (DESIGN.md section 5) is said, never used silently.
+    status = M.reference_status(reference, records[reference]) if ref else None
+    problem = status["problems"] if status and not status["reliable"] else None
     for m, rec in records.items():
-        rec["verdict"] = M.verdict(m, rec, reference=reference if ref else None)
+        rec["verdict"] = M.verdict(
+            m, rec, reference=reference if ref else None, reference_problem=problem
+        )
     timings["metrics_s"] = time.perf_counter() - tick
     results = {
         "schema": SCHEMA_VERSION,
@@ -233,6 +239,7 @@ def compare(
         "seed": seed,
         "preset": settings.name,
         "reference": reference if ref else None,
+        "reference_status": status,
         "versions": versions(),
         "posterior": dict(posterior.description),
         "methods": records,
