@@ -259,7 +259,7 @@ def _covariance_note(error: float, spread: float | None, met: Mapping) -> str:
     if spread is None or not spread > 0:
         note = f"covariance error {error:.3g}"
     elif error <= spread:
-        note = f"covariance error {error:.2g}, within the reference's own spread {spread:.2g}"
+        note = f"covariance error {error:.3g}, within the reference's own spread {spread:.2g}"
     else:
         note = (
             f"covariance error {error:.3g} = {error / spread:.3g} x the reference's own spread"
