@@ -114,12 +114,13 @@ def _record(
             "diagnostics": _clean(diagnostics, numbers_only=False),
         }
     sites = posterior.sites
+    # The global sites, then the identified quantities judged (PPCA's C) as derived entries.
+    reported = list(dict.fromkeys((*sites, *(posterior.accuracy_sites or ()))))
+    stats = M.summary(idata, reported)
     # A closed form with exact moments is summarized by them, not by its draws.
     if run.moments is not None:
-        exact = M.moments_by_label(run.moments, idata, sites)
-        stats = {k: {"mean": m, "sd": s} for k, (m, s) in exact.items()}
-    else:
-        stats = M.summary(idata, sites)
+        exact = M.moments_by_label(run.moments, idata, [s for s in reported if s in run.moments])
+        stats.update({k: {"mean": m, "sd": s} for k, (m, s) in exact.items()})
     diagnostics = dict(run.diagnostics)
     met: dict[str, float] = {}
     if ref is not None:
@@ -249,13 +250,18 @@ def compare(
         ref = M.reference_moments(idatas[reference], runs[reference], judged)
         ref_draws = _flat_draws(runs[reference].draws)
     records = {m: _record(posterior, runs[m], idatas.get(m), ref, ref_draws) for m in chosen}
+    # A reference that fails its own checks (DESIGN.md section 5) is said, never used silently.
+    status = M.reference_status(reference, records[reference]) if ref else None
+    problem = status["problems"] if status and not status["reliable"] else None
     for m, rec in records.items():
-        rec["verdict"] = M.verdict(m, rec, reference=reference if ref else None)
+        rec["verdict"] = M.verdict(
+            m, rec, reference=reference if ref else None, reference_problem=problem
+        )
     if reference is not None and ref is None:  # the reference failed or was stopped
-        status = records[reference]["diagnostics"].get("status", "failed")
+        how = records[reference]["diagnostics"].get("status", "failed")
         for m, rec in records.items():
             if m != reference:
-                note = f"not judged: the reference {reference} {status} (see its line)"
+                note = f"not judged: the reference {reference} {how} (see its line)"
                 rec["verdict"] = "; ".join(v for v in (rec["verdict"], note) if v)
     timings["metrics_s"] = time.perf_counter() - tick
     results = {
@@ -267,6 +273,7 @@ def compare(
         "seed": seed,
         "preset": settings.name,
         "reference": reference if ref else None,
+        "reference_status": status,
         "versions": versions(),
         "posterior": dict(posterior.description),
         "methods": records,

@@ -100,7 +100,8 @@ def _unflat(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def to_inference_data(
     posterior: Posterior, run: MethodRun, *, seed: int = 0, num_predictive: int = 500
 ) -> az.InferenceData:
-    """ArviZ InferenceData of one method: posterior (reported and latent sites),
+    """ArviZ InferenceData of one method: posterior (reported and latent sites, and the
+    identified quantities of ``posterior.identified``),
     log_likelihood (the observation, and ``<obs>_test`` on held-out rows when there are
     some), sample_stats, observed_data, posterior_predictive on the report grid, and
     constant_data (the grid's x values, known row labels, per-row outputs of the method such
@@ -114,6 +115,10 @@ def to_inference_data(
     for k, v in pushed.items():
         if k not in ("log_lik", "_mean"):
             post[k] = _unflat(v, shape)
+    if posterior.identified is not None:
+        # What the data identify (PPCA's C = W W^T + sigma^2 I), beside the raw sites.
+        for k, v in posterior.identified(run.draws).items():
+            post.setdefault(k, np.asarray(v))
     obs = posterior.obs_site
     log_lik = {obs: _unflat(pushed["log_lik"], shape)}
     if posterior.test_data is not None:

@@ -15,6 +15,11 @@ from comparisons.runners import MethodRun
 #: PSIS k above this: importance weights (and LOO) are unreliable (Vehtari et al. 2024).
 KHAT_BAD = 0.7
 
+#: DESIGN.md section 5: NUTS is a trustworthy reference only with R-hat below RHAT_MAX, no
+#: divergences and bulk ESS above ESS_BULK_MIN.
+RHAT_MAX = 1.01
+ESS_BULK_MIN = 400
+
 
 def labelled(idata: az.InferenceData, sites: Sequence[str]) -> dict[str, np.ndarray]:
     """Flat draws of every scalar of the reported sites, keyed by ArviZ labels such as
@@ -68,7 +73,7 @@ def reference_moments(
 ) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
     """Reference mean and sd by label, and the Monte Carlo standard error of each mean
     (zero for exact moments)."""
-    if run.moments is not None:
+    if run.moments is not None and all(site in run.moments for site in sites):
         return moments_by_label(run.moments, idata, sites), {}
     stats = summary(idata, sites)
     mcse: dict[str, float] = {}
@@ -188,8 +193,97 @@ def _number(value) -> float:
         return math.nan
 
 
-def verdict(method: str, record: Mapping[str, Mapping], *, reference: str | None) -> str:
-    """One line a reader can act on."""
+def nuts_checks(diag: Mapping) -> list[str]:
+    """The checks of DESIGN.md section 5 that a NUTS run fails, each with its value (e.g.
+    ``"R-hat 1.026 >= 1.01"``); empty when it passes. Judged on the identified quantities
+    (``r_hat_max_identified``...) where the diagnostics have them."""
+    suffix = "_identified" if "r_hat_max_identified" in diag else ""
+    on = " of identified quantities" if suffix else ""
+    rhat = _number(diag.get(f"r_hat_max{suffix}", math.nan))
+    ess = _number(diag.get(f"ess_bulk_min{suffix}", math.nan))
+    divergences = diag.get("divergences")
+    failed = []
+    if not rhat < RHAT_MAX:
+        failed.append(f"R-hat{on} {rhat:.3f} >= {RHAT_MAX}")
+    if not isinstance(divergences, int | float) or divergences != 0:
+        failed.append(f"{divergences if divergences is not None else 'unknown'} divergences")
+    if not ess > ESS_BULK_MIN:
+        failed.append(f"bulk ESS {ess:.0f} <= {ESS_BULK_MIN}")
+    return failed
+
+
+def reference_status(method: str, record: Mapping[str, Mapping]) -> dict:
+    """Whether the reference passes its own checks: ``{"method", "reliable", "problems"}``.
+
+    NUTS must pass :func:`nuts_checks` (DESIGN.md section 5); an iterative closed form (EM)
+    must have converged. ``problems`` names the method and each failed check with its value
+    (``"nuts: R-hat 1.026 >= 1.01, bulk ESS 91 <= 400"``; "" when none).
+    A comparison records this as ``results["reference_status"]`` and says it in the verdict
+    of every method judged against an unreliable reference.
+    """
+    diag = record["diagnostics"]
+    problems: list[str] = []
+    if diag.get("status") == "failed":
+        problems.append(f"failed: {diag.get('error', '')}")
+    elif method == "nuts":
+        problems += nuts_checks(diag)
+    elif diag.get("converged") is False:
+        problems.append("did not converge")
+    said = f"{method}: {', '.join(problems)}" if problems else ""
+    return {"method": method, "reliable": not problems, "problems": said}
+
+
+def _accuracy_note(record: Mapping[str, Mapping]) -> str | None:
+    """Mean z and sd ratios in words; None where nothing was measured."""
+    met = record["metrics"]
+    if "max_abs_mean_z" not in met:
+        summary = record.get("summary")
+        if summary and all(s["sd"] == 0 for s in summary.values()):
+            return "point estimate: no uncertainty"
+        return None
+    z, lo, hi = met["max_abs_mean_z"], met["sd_ratio_min"], met["sd_ratio_max"]
+    if hi == 0:
+        return f"point estimate: no uncertainty; means off by up to {z:.2f} sd"
+    if z < 0.1 and 0.9 < lo and hi < 1.1:
+        return f"matches the reference (|z| <= {z:.2f}, sd ratio {lo:.2f}-{hi:.2f})"
+    if lo < 0.9:
+        return f"over-confident: sd down to {lo:.2f} x reference (|z| <= {z:.2f})"
+    if hi > 1.1:
+        return f"too wide: sd up to {hi:.2f} x reference (|z| <= {z:.2f})"
+    return f"means off by up to {z:.2f} sd (sd ratio {lo:.2f}-{hi:.2f})"
+
+
+def _covariance_note(error: float, spread: float | None, met: Mapping) -> str:
+    """The rotation-free accuracy of a factor model: the relative error of its mean
+    covariance against the reference's own spread of it, and the largest principal angle."""
+    if spread is None or not spread > 0:
+        note = f"covariance error {error:.3g}"
+    elif error <= spread:
+        note = f"covariance error {error:.3g}, within the reference's own spread {spread:.2g}"
+    else:
+        note = (
+            f"covariance error {error:.3g} = {error / spread:.3g} x the reference's own spread"
+            f" {spread:.2g}"
+        )
+    angle = met.get("subspace_angle_max_deg")
+    if angle is not None:
+        note += f"; principal subspace {angle:.1f} deg from the reference's"
+    return note
+
+
+def verdict(
+    method: str,
+    record: Mapping[str, Mapping],
+    *,
+    reference: str | None,
+    reference_problem: str | None = None,
+) -> str:
+    """One line a reader can act on.
+
+    ``reference_problem``: why the reference is unreliable (``reference_status``'s
+    ``problems``), said first in the verdict of the reference and of every method judged
+    against it; None when it passed its checks.
+    """
     diag, met = record["diagnostics"], record["metrics"]
     if diag.get("status") == "failed":
         return f"failed: {diag.get('error', '')}"
@@ -200,15 +294,12 @@ def verdict(method: str, record: Mapping[str, Mapping], *, reference: str | None
         # Where raw parameters are not identified (rotations of PPCA's loadings), NUTS is
         # judged on the identified quantities, and the raw R-hat is said beside them.
         suffix = "_identified" if "r_hat_max_identified" in diag else ""
-        rhat = _number(diag.get(f"r_hat_max{suffix}", math.nan))
-        ess = _number(diag.get(f"ess_bulk_min{suffix}", 0))
-        ok = rhat < 1.01 and diag.get("divergences", 1) == 0 and ess > 400
         on = " of identified quantities" if suffix else ""
+        failed = nuts_checks(diag)
         notes.append(
-            f"converged (R-hat{on} < 1.01, no divergences, bulk ESS > 400)"
-            if ok
-            else f"check convergence: R-hat{on} {rhat:.3f}, "
-            f"{diag.get('divergences', 0)} divergences, bulk ESS {ess:.0f}"
+            f"converged (R-hat{on} < {RHAT_MAX}, no divergences, bulk ESS > {ESS_BULK_MIN})"
+            if not failed
+            else f"check convergence: {', '.join(failed)}"
         )
         if suffix:
             notes.append(
@@ -220,25 +311,15 @@ def verdict(method: str, record: Mapping[str, Mapping], *, reference: str | None
     if diag.get("converged") is False:
         notes.append("optimizer did not converge")
     if method == reference:
-        notes.insert(0, "reference")
-    elif (
-        "max_abs_mean_z" not in met
-        and record.get("summary")
-        and all(s["sd"] == 0 for s in record["summary"].values())
-    ):
-        notes.append("point estimate: no uncertainty")
-    elif "max_abs_mean_z" in met:
-        z, lo, hi = met["max_abs_mean_z"], met["sd_ratio_min"], met["sd_ratio_max"]
-        if hi == 0:
-            notes.append(f"point estimate: no uncertainty; means off by up to {z:.2f} sd")
-        elif z < 0.1 and 0.9 < lo and hi < 1.1:
-            notes.append(f"matches the reference (|z| <= {z:.2f}, sd ratio {lo:.2f}-{hi:.2f})")
-        elif lo < 0.9:
-            notes.append(f"over-confident: sd down to {lo:.2f} x reference (|z| <= {z:.2f})")
-        elif hi > 1.1:
-            notes.append(f"too wide: sd up to {hi:.2f} x reference (|z| <= {z:.2f})")
-        else:
-            notes.append(f"means off by up to {z:.2f} sd (sd ratio {lo:.2f}-{hi:.2f})")
+        notes.insert(0, "reference" if reference_problem is None else "unreliable reference")
+    else:
+        if reference_problem is not None:
+            notes.insert(0, f"judged against an unreliable reference ({reference_problem})")
+        accuracy_note = _accuracy_note(record)
+        if accuracy_note:
+            notes.append(accuracy_note)
+        if "cov_rel_error" in met:
+            notes.append(_covariance_note(met["cov_rel_error"], met.get("cov_ref_spread"), met))
     khat = diag.get("khat")
     if khat is not None:
         notes.append(

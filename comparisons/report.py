@@ -372,11 +372,14 @@ def _selection_html(results: dict) -> str:
         for t in selection.get("loo_compare", [])
     )
     chosen = ", ".join(f"{html.escape(k)}: K = {v}" for k, v in selection["chosen"].items())
+    warned = "".join(
+        f"<p class=warn>{html.escape(text)}</p>" for text in selection.get("warnings", {}).values()
+    )
     out = (
         "<h2>Number of components</h2>"
         f"<p>Chosen: {chosen}. The figures below are those of K = {results.get('shown_k')}."
         " elpd_loo_one_se: the smallest K whose ELPD is within one standard error of the"
-        " difference (dse) of the best.</p>"
+        f" difference (dse) of the best.</p>{warned}"
         "<table><tr><th>K</th><th>elpd LOO</th><th>se</th><th>ELBO (mean-field)</th>"
         f"<th>BIC (EM)</th></tr>{rows}</table>"
     )
@@ -446,6 +449,13 @@ def _page(results: dict, sections, fig_dir: Path) -> str:
         if ref
         else "<b>No reference</b>: nothing is judged (zoo fit), or the reference failed."
     )
+    status = results.get("reference_status") or {}
+    if status.get("reliable") is False:
+        ref_note += (
+            f" <b class=warn>The reference is unreliable</b> ({html.escape(status['problems'])}):"
+            " it fails its own checks, so every accuracy number below is provisional; rerun it"
+            " longer (--preset full)."
+        )
     mcse = [rec["metrics"].get("ref_mcse_z_max") for rec in results["methods"].values()]
     mcse = [v for v in mcse if v is not None]
     if mcse:

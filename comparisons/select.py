@@ -25,6 +25,7 @@ from comparisons.compare import (
     write,
 )
 from comparisons.inputs import check_seed, parse_ks
+from comparisons.metrics import KHAT_BAD, reference_status
 from comparisons.runners import Preset
 from zoo import Posterior, ZooInputError
 
@@ -117,6 +118,7 @@ def select_components(
             "components": ", ".join(str(k) for k in ks),
             "selection": "each <method>-k<K> is judged against nuts-k<K>",
         },
+        "reference_status": _reference_status(per_k),
         "methods": records,
         "selection": criteria(per_k),
         "timings": {"total_s": time.perf_counter() - start},
@@ -135,6 +137,47 @@ def _with_k(on_method: OnMethod, k: int) -> OnMethod:
     return lambda method, info: on_method(method, {**info, "k": k})
 
 
+def _reference_status(per_k: dict[int, Comparison]) -> dict | None:
+    """Each K's reference status merged into one (results.json's ``reference_status``):
+    reliable only if every K's is; ``problems`` names the K of each failed check."""
+    statuses = {k: c.results.get("reference_status") for k, c in per_k.items()}
+    statuses = {k: v for k, v in statuses.items() if v}
+    if not statuses:
+        return None
+    return {
+        "method": next(iter(statuses.values()))["method"],
+        "reliable": all(v["reliable"] for v in statuses.values()),
+        "problems": "; ".join(
+            f"K = {k}: {v['problems']}" for k, v in statuses.items() if v["problems"]
+        ),
+    }
+
+
+def _flags(records: dict) -> dict[str, str]:
+    """What is wrong with one K's fits, by the criterion it weakens: ``elpd_loo`` (PSIS-LOO's
+    Pareto k above 0.7, NUTS failing its own checks), ``elbo`` (mean-field not converged),
+    ``bic`` (EM not converged)."""
+    out: dict[str, list[str]] = {}
+    nuts = records.get("nuts")
+    if nuts is not None:
+        diag = nuts.get("diagnostics", {})
+        khat, bad = diag.get("loo_khat_max"), diag.get("loo_khat_bad", 0)
+        if isinstance(khat, float | int) and (khat > KHAT_BAD or bad):
+            out.setdefault("elpd_loo", []).append(
+                f"PSIS-LOO k {khat:.2f}, {bad} point(s) above {KHAT_BAD}"
+            )
+        status = reference_status("nuts", nuts)
+        if not status["reliable"]:
+            out.setdefault("elpd_loo", []).append(status["problems"])
+    for method, key, name in (("mean_field", "elbo", "mean-field"), ("em", "bic", "EM")):
+        diag = records.get(method, {}).get("diagnostics", {})
+        if diag.get("status") == "failed":
+            out.setdefault(key, []).append(f"{name} failed")
+        elif diag.get("converged") is False:
+            out.setdefault(key, []).append(f"{name} did not converge")
+    return {key: ", ".join(notes) for key, notes in out.items()}
+
+
 def criteria(per_k: dict[int, Comparison]) -> dict:
     """ELPD (PSIS-LOO of NUTS), ELBO (mean-field) and BIC (EM) per K, and the K each picks.
 
@@ -142,6 +185,11 @@ def criteria(per_k: dict[int, Comparison]) -> dict:
     and its standard error (``dse``); the smallest K within one ``dse`` of the best is also
     given, the usual parsimonious reading. ELBO: the largest (a lower bound on log evidence,
     so differences below its gap to the evidence are not decisive). BIC: the smallest.
+
+    A choice that rests on flagged diagnostics says so: each row's ``flags`` maps a criterion
+    to what weakens it at that K (PSIS-LOO k above 0.7, NUTS failing R-hat/divergence/ESS
+    checks, an optimizer not converged), and ``warnings`` maps each chosen criterion whose
+    K values carry flags to a sentence naming them, the chosen K first.
     """
     rows = []
     loo_inputs = {}
@@ -160,6 +208,9 @@ def criteria(per_k: dict[int, Comparison]) -> dict:
         em = recs.get("em", {}).get("diagnostics", {})
         if isinstance(em.get("bic"), float | int):
             row["bic"] = float(em["bic"])
+        flags = _flags(recs)
+        if flags:
+            row["flags"] = flags
         rows.append(row)
     chosen: dict[str, int] = {}
     table: list[dict] = []
@@ -185,4 +236,22 @@ def criteria(per_k: dict[int, Comparison]) -> dict:
             )
         within = [t["k"] for t in table if t["elpd_diff"] <= t["dse"]]
         chosen["elpd_loo_one_se"] = int(min(within))
-    return {"criteria": rows, "chosen": chosen, "loo_compare": table}
+    warned = {}
+    for key, k in chosen.items():
+        text = _warning(key, k, rows)
+        if text:
+            warned[key] = text
+    return {"criteria": rows, "chosen": chosen, "warnings": warned, "loo_compare": table}
+
+
+def _warning(key: str, k: int, rows: list[dict]) -> str:
+    """The sentence that says a choice rests on flagged fits ("" when none is flagged)."""
+    flag = "elpd_loo" if key.startswith("elpd_loo") else key
+    flagged = sorted(
+        ((r["k"], r["flags"][flag]) for r in rows if flag in r.get("flags", {})),
+        key=lambda item: item[0] != k,
+    )
+    if not flagged:
+        return ""
+    said = "; ".join(f"K = {kk}{' (chosen)' if kk == k else ''}: {text}" for kk, text in flagged)
+    return f"{key} chose K = {k} from flagged fits, treat it with caution: {said}"

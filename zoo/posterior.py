@@ -122,15 +122,18 @@ class Posterior:
         its ``description``.
     identified : callable, optional
         ``identified(draws) -> {name: array}``: functions of the global sites that the data
-        identify, from draws with leading (chain, draw) axes, kept in the result. Where raw
-        sites are not identified (PPCA's loadings: any rotation), NUTS convergence is judged
-        on these (e.g. the covariance W W^T + sigma^2 I).
+        identify, from draws with leading (chain, draw) axes, kept beside the sites in each
+        method's InferenceData (dims and coords from ``dims``/``coords``). Where raw sites are
+        not identified (PPCA's loadings: any rotation), NUTS convergence is judged on these
+        (e.g. the covariance W W^T + sigma^2 I) and ``accuracy_sites`` may name them.
     row_labels : array (N,), optional
         A known class of each fitted row (digit, species), only to colour plots of
         per-row quantities; never seen by any method.
     accuracy_sites : tuple of str, optional
-        The sites on which mean z and sd ratio are measured; None means all of ``sites``.
-        PPCA leaves out ``loadings``, identified only up to rotation.
+        The sites or identified quantities on which mean z and sd ratio are measured, also
+        summarized in results.json and drawn as marginals; None means all of ``sites``. PPCA
+        uses C's eigenvalues and entries, sigma and the mean, never ``loadings`` (identified
+        only up to rotation).
     extra_metrics : callable, optional
         ``extra_metrics(draws, reference) -> dict`` of model-specific accuracy numbers
         (plain floats), with ``draws``/``reference`` flat: site -> array (S, *shape);

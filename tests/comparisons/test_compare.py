@@ -19,6 +19,7 @@ import torch
 from helpers import TINY, numerics, validate
 from scipy import stats
 
+import comparisons.metrics as M
 import comparisons.runners as runners
 from comparisons import Preset, compare
 from comparisons.report import render
@@ -211,7 +212,85 @@ def test_a_sampled_reference_matches_itself_exactly(ran_nuts_reference):
     assert (
         results["methods"]["mean_field"]["metrics"]["ref_mcse_z_max"] == (metrics["ref_mcse_z_max"])
     )
-    assert results["methods"]["nuts"]["verdict"].startswith("reference")
+    # 2 x 60 draws cannot reach a bulk ESS of 400 (DESIGN.md section 5): the reference fails
+    # its own checks, and that is said, never used silently.
+    assert results["reference_status"]["reliable"] is False
+    assert results["methods"]["nuts"]["verdict"].startswith("unreliable reference")
+
+
+def test_a_reference_failing_its_checks_is_marked_in_results_and_verdicts(ran_nuts_reference):
+    results = ran_nuts_reference
+    validate(results)
+    status = results["reference_status"]
+    ess = results["methods"]["nuts"]["diagnostics"]["ess_bulk_min"]
+    assert ess <= 120 and f"bulk ESS {ess:.0f} <= 400" in status["problems"]
+    assert status["method"] == "nuts" and status["problems"].startswith("nuts: ")
+    mean_field = results["methods"]["mean_field"]["verdict"]
+    assert mean_field.startswith(f"judged against an unreliable reference ({status['problems']})")
+
+
+def test_an_exact_reference_is_reliable(ran):
+    _, results = ran
+    assert results["reference_status"] == {"method": "exact", "reliable": True, "problems": ""}
+    assert "reference is unreliable" not in (ran[0] / "index.html").read_text()
+    assert all("unreliable reference" not in r["verdict"] for r in results["methods"].values())
+
+
+@pytest.mark.parametrize(
+    ("diagnostics", "problems"),
+    [
+        ({"r_hat_max": 1.004, "divergences": 0, "ess_bulk_min": 900.0}, ""),
+        ({"r_hat_max": 1.03, "divergences": 0, "ess_bulk_min": 900.0}, "R-hat 1.030 >= 1.01"),
+        ({"r_hat_max": 1.004, "divergences": 3, "ess_bulk_min": 900.0}, "3 divergences"),
+        (
+            {"r_hat_max": 1.026, "divergences": 0, "ess_bulk_min": 91.0},
+            "R-hat 1.026 >= 1.01, bulk ESS 91 <= 400",
+        ),
+        ({"r_hat_max": "nan", "divergences": 0, "ess_bulk_min": 900.0}, "R-hat nan >= 1.01"),
+        # Where raw parameters are not identified (PPCA), the identified ones are checked.
+        (
+            {
+                "r_hat_max": 1.2,
+                "ess_bulk_min": 30.0,
+                "r_hat_max_identified": 1.03,
+                "ess_bulk_min_identified": 800.0,
+                "divergences": 0,
+            },
+            "R-hat of identified quantities 1.030 >= 1.01",
+        ),
+    ],
+)
+def test_reference_status_applies_the_checks_of_design_section_5(diagnostics, problems):
+    record = {"diagnostics": diagnostics, "metrics": {}, "summary": {}}
+    status = M.reference_status("nuts", record)
+    assert status == {
+        "method": "nuts",
+        "reliable": not problems,
+        "problems": f"nuts: {problems}" if problems else "",
+    }
+    judged = {
+        "diagnostics": {},
+        "metrics": {"max_abs_mean_z": 0.05, "sd_ratio_min": 0.95, "sd_ratio_max": 1.05},
+        "summary": {},
+    }
+    line = M.verdict(
+        "mean_field", judged, reference="nuts", reference_problem=status["problems"] or None
+    )
+    assert ("unreliable" in line) == bool(problems)
+    assert line.endswith("matches the reference (|z| <= 0.05, sd ratio 0.95-1.05)")
+    own = M.verdict("nuts", record, reference="nuts", reference_problem=status["problems"] or None)
+    assert own.startswith(
+        "unreliable reference; check convergence" if problems else "reference; converged"
+    )
+
+
+def test_an_em_reference_that_did_not_converge_is_unreliable():
+    record = {"diagnostics": {"converged": False, "num_iter": 500}, "metrics": {}, "summary": {}}
+    assert M.reference_status("em", record) == {
+        "method": "em",
+        "reliable": False,
+        "problems": "em: did not converge",
+    }
 
 
 def test_an_exact_reference_matches_itself_exactly(ran):

@@ -4,6 +4,7 @@ outputs, identified quantities, K selection) and, marked slow, their convergence
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import warnings
@@ -14,9 +15,10 @@ import pytest
 from helpers import TINY, numerics, validate
 
 from comparisons import Preset, compare
+from comparisons.compare import Comparison
 from comparisons.convert import to_inference_data
 from comparisons.runners import run_nuts
-from comparisons.select import parse_ks, select_components
+from comparisons.select import criteria, parse_ks, select_components
 from guides import FitConfig
 from zoo import ZooInputError, gmm, ppca
 
@@ -113,9 +115,22 @@ def test_ppca_comparison_judges_on_identified_quantities(ppca_run):
     for method, record in results["methods"].items():
         metrics = record["metrics"]
         assert {"cov_rel_error", "subspace_angle_max_deg", "truth_cov_rel_error"} <= set(metrics)
-        # Mean z and sd ratios are measured on mean and sigma only: never on raw loadings.
-        if "max_abs_mean_z" in metrics and method != "nuts":
-            assert metrics["sd_ratio_min"] >= 0.0
+        # The accuracy columns are filled from identified quantities, for every method.
+        assert {"max_abs_mean_z", "sd_ratio_min", "sd_ratio_max"} <= set(metrics), method
+        assert metrics["cov_ref_spread"] > 0.0, method
+        # The summary holds C's spectrum and entries beside the global sites.
+        assert {"eigenvalues[0]", "eigenvalues[1]", "cov[x1,x1]", "cov[x1,x2]"} <= set(
+            record["summary"]
+        ), method
+        if method != "nuts":
+            # The rotation-free numbers are in every verdict.
+            assert f"covariance error {metrics['cov_rel_error']:.3g}" in record["verdict"], method
+            assert "principal subspace" in record["verdict"], method
+        idata = az.from_netcdf(str(out_dir / f"{method}.nc"), engine="h5netcdf")
+        assert idata.posterior["cov"].dims[2:] == ("cov_entry",)
+        assert idata.posterior["eigenvalues"].dims[2:] == ("latent",)
+        zoo_meta = json.loads(idata.posterior.attrs["zoo"])
+        assert zoo_meta["accuracy_sites"] == ["eigenvalues", "sigma", "cov", "mean"]
     nuts = results["methods"]["nuts"]
     assert nuts["metrics"]["cov_rel_error"] == 0.0  # the reference against itself
     assert {"r_hat_max", "r_hat_max_identified", "ess_bulk_min_identified"} <= set(
@@ -124,17 +139,21 @@ def test_ppca_comparison_judges_on_identified_quantities(ppca_run):
     assert "raw parameters R-hat" in nuts["verdict"]
 
 
-def test_ppca_accuracy_leaves_the_loadings_out(ppca_run):
+@pytest.mark.parametrize("method", ["delta", "mean_field", "laplace"])
+def test_ppca_accuracy_is_measured_on_identified_quantities_not_loadings(ppca_run, method):
     _, results = ppca_run
-    delta = results["methods"]["delta"]
-    # The point's z is measured on mean and sigma: a z over rotated loadings would be huge.
+    record = results["methods"][method]
+    # z and sd ratios over C's eigenvalues and entries, sigma and the mean: a z over rotated
+    # loadings would measure the rotation, not the fit.
     ref = results["methods"]["nuts"]["summary"]
-    z = max(
-        abs(delta["summary"][k]["mean"] - ref[k]["mean"]) / ref[k]["sd"]
-        for k in ref
-        if k.startswith(("mean[", "sigma"))
-    )
-    assert delta["metrics"]["max_abs_mean_z"] == pytest.approx(z, rel=1e-12)
+    judged = [k for k in ref if k.startswith(("eigenvalues[", "sigma", "cov[", "mean["))]
+    assert len(judged) == 2 + 1 + 10 + 4
+    z = max(abs(record["summary"][k]["mean"] - ref[k]["mean"]) / ref[k]["sd"] for k in judged)
+    ratios = [record["summary"][k]["sd"] / ref[k]["sd"] for k in judged]
+    metrics = record["metrics"]
+    assert metrics["max_abs_mean_z"] == pytest.approx(z, rel=1e-12)
+    assert metrics["sd_ratio_min"] == pytest.approx(min(ratios), rel=1e-12)
+    assert metrics["sd_ratio_max"] == pytest.approx(max(ratios), rel=1e-12)
 
 
 def test_amortized_writes_its_latent_means(ppca_run):
@@ -191,9 +210,60 @@ def test_selection_merges_methods_per_k(tmp_path):
         2,
     ]
     assert (out_dir / "figures" / "selection.png").is_file()
-    assert "Number of components" in (out_dir / "index.html").read_text()
+    page = (out_dir / "index.html").read_text()
+    assert "Number of components" in page
+    # 2 x 60 NUTS draws cannot reach a bulk ESS of 400: every K's reference fails its checks,
+    # and the choices resting on them say so, in results.json and on the page.
+    status = results["reference_status"]
+    assert status["reliable"] is False and status["problems"].startswith("K = 1: nuts: ")
+    warning = results["selection"]["warnings"]["elpd_loo"]
+    assert f"K = {results['selection']['chosen']['elpd_loo']} (chosen): nuts: " in warning
+    assert html.escape(warning) in page
+    for k in (1, 2):
+        assert results["methods"][f"mean_field-k{k}"]["verdict"].startswith(
+            "judged against an unreliable reference (nuts: "
+        )
     with pytest.raises(ZooInputError, match="at least two"):
         select_components(lambda k: gmm.make_posterior(frame, num_components=k), [2])
+
+
+def _fake_k(k: int, diagnostics: dict, seed: int) -> Comparison:
+    """One K of a selection as criteria() reads it: a NUTS record with an ELPD, and a
+    log-likelihood group for ArviZ's compare (50 draws x 10 rows of noise)."""
+    rng = np.random.default_rng(seed)
+    idata = az.from_dict(
+        posterior={"mu": rng.standard_normal((1, 50))},
+        log_likelihood={"x": -1.0 - 0.1 * rng.standard_normal((1, 50, 10))},
+        observed_data={"x": np.zeros(10)},
+    )
+    nuts = {
+        "diagnostics": {"r_hat_max": 1.002, "divergences": 0, "ess_bulk_min": 900.0, **diagnostics},
+        "metrics": {"elpd_loo": -10.0 - k, "elpd_loo_se": 1.0},
+        "summary": {},
+    }
+    return Comparison(results={"methods": {"nuts": nuts}}, idata={"nuts": idata})
+
+
+def test_a_choice_resting_on_flagged_diagnostics_says_so():
+    # K = 4 is chosen by ELPD while its PSIS-LOO k is 1.33 with 2 bad points; K = 3's NUTS
+    # failed its checks (R-hat 1.026, bulk ESS 91): both are said, the chosen K first.
+    per_k = {
+        3: _fake_k(3, {"r_hat_max": 1.026, "ess_bulk_min": 91.0, "loo_khat_max": 0.4}, 0),
+        4: _fake_k(4, {"loo_khat_max": 1.33, "loo_khat_bad": 2}, 1),
+    }
+    per_k[4].results["methods"]["nuts"]["metrics"]["elpd_loo"] = -5.0
+    selection = criteria(per_k)
+    assert selection["chosen"]["elpd_loo"] == 4
+    rows = {r["k"]: r for r in selection["criteria"]}
+    assert rows[4]["flags"] == {"elpd_loo": "PSIS-LOO k 1.33, 2 point(s) above 0.7"}
+    assert rows[3]["flags"] == {"elpd_loo": "nuts: R-hat 1.026 >= 1.01, bulk ESS 91 <= 400"}
+    assert selection["warnings"]["elpd_loo"] == (
+        "elpd_loo chose K = 4 from flagged fits, treat it with caution: K = 4 (chosen): PSIS-LOO"
+        " k 1.33, 2 point(s) above 0.7; K = 3: nuts: R-hat 1.026 >= 1.01, bulk ESS 91 <= 400"
+    )
+    # Clean fits: no flags, no warnings.
+    clean = criteria({3: _fake_k(3, {"loo_khat_max": 0.3}, 0), 4: _fake_k(4, {}, 1)})
+    assert clean["warnings"] == {} and all("flags" not in r for r in clean["criteria"])
 
 
 # --------------------------------------------------------------------------- convergence

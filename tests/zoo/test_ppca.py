@@ -380,6 +380,61 @@ def test_extra_metrics_detect_known_perturbations():
     assert post.extra_metrics(ref, None) == {}
 
 
+def test_identified_quantities_are_entries_and_spectrum_of_c_and_rotation_free():
+    frame, _ = ppca.simulate(0, 80, 5, 2)
+    post = ppca.make_posterior(frame, latent_dim=2)
+    rng = np.random.default_rng(0)
+    draws = {
+        "loadings": rng.standard_normal((2, 3, 5, 2)),
+        "mean": rng.standard_normal((2, 3, 5)),
+        "sigma": np.exp(0.3 * rng.standard_normal((2, 3))),
+    }
+    got = post.identified(draws)
+    assert set(got) == set(post.accuracy_sites)
+    c = ppca.covariance(draws["loadings"], draws["sigma"])
+    rows, cols = np.triu_indices(5)
+    np.testing.assert_array_equal(got["cov"], c[..., rows, cols])  # row by row, as the coords
+    assert got["cov"].shape == (2, 3, len(post.coords["cov_entry"]))
+    assert post.coords["cov_entry"][1] == "x1,x2"
+    # The top K eigenvalues of C, largest first; the D - K others are sigma^2.
+    eig = np.linalg.eigvalsh(c)
+    np.testing.assert_allclose(got["eigenvalues"], eig[..., ::-1][..., :2], rtol=1e-12)
+    np.testing.assert_allclose(eig[..., :3], np.repeat(draws["sigma"][..., None] ** 2, 3, -1))
+    # A different rotation of W in every draw changes none of them.
+    turns = np.linalg.qr(rng.standard_normal((2, 3, 2, 2)))[0]
+    turned = post.identified({**draws, "loadings": draws["loadings"] @ turns})
+    for key in got:
+        np.testing.assert_allclose(turned[key], got[key], rtol=1e-10, atol=1e-12)  # seen 4e-15
+
+
+def test_many_features_keep_the_diagonal_of_c_only():
+    # 12 features: 78 pairs would exceed MAX_COV_ENTRIES; the 12 variances are kept.
+    assert ppca.MAX_COV_ENTRIES < 78
+    frame, _ = ppca.simulate(0, 40, 12, 2)
+    post = ppca.make_posterior(frame, latent_dim=2)
+    assert post.coords["cov_entry"] == [f"x{i},x{i}" for i in range(1, 13)]
+    draws = post.closed_forms["ml"](0, 1).draws
+    got = post.identified(draws)["cov"]
+    c = ppca.covariance(draws["loadings"], draws["sigma"])
+    np.testing.assert_array_equal(got, np.diagonal(c, axis1=-2, axis2=-1))
+
+
+def test_cov_ref_spread_is_the_reference_posteriors_own_spread_of_c():
+    post = ppca.make_posterior(_frame(num_data=200, num_features=6))
+    ml = post.closed_forms["ml"](0, 1).draws
+    # Two reference draws that differ in sigma only (1 and 2): C_s - Cbar = +-1.5 I.
+    ref = {
+        "loadings": np.repeat(ml["loadings"], 2, axis=0),
+        "mean": np.repeat(ml["mean"], 2, axis=0),
+        "sigma": np.array([1.0, 2.0]),
+    }
+    cbar = ppca.covariance(ml["loadings"][0], 1.0) + 1.5 * np.eye(6)
+    metrics = post.extra_metrics(ml, ref)
+    expected = 1.5 * math.sqrt(6) / np.linalg.norm(cbar)
+    assert metrics["cov_ref_spread"] == pytest.approx(expected, rel=1e-12)  # seen 2e-16
+    assert "cov_ref_spread" not in post.extra_metrics(ref, ml)  # a point has no spread
+
+
 # --------------------------------------------------------------------------- priors
 
 
@@ -425,7 +480,8 @@ def test_posterior_fields():
     assert post.model_name == "ppca"
     assert post.likelihood_model is post.marginal_model  # per-row densities: LOO
     assert post.sites == ("loadings", "mean", "sigma")
-    assert post.accuracy_sites == ("mean", "sigma")
+    # Judged on what the data identify, never on the rotatable loadings.
+    assert post.accuracy_sites == ("eigenvalues", "sigma", "cov", "mean")
     assert post.obs_site == "x" and post.max_plate_nesting == 1
     assert (post.local.site, post.local.dim, post.local.input, post.local.plate) == (
         "z",
@@ -433,8 +489,15 @@ def test_posterior_fields():
         "x",
         "data",
     )
-    assert post.dims == {"loadings": ["feature", "latent"], "mean": ["feature"]}
-    assert post.coords == {"feature": ["x1", "x2", "x3", "x4", "x5"], "latent": [0, 1, 2]}
+    assert post.dims == {
+        "loadings": ["feature", "latent"],
+        "mean": ["feature"],
+        "cov": ["cov_entry"],
+        "eigenvalues": ["latent"],
+    }
+    names = ["x1", "x2", "x3", "x4", "x5"]
+    pairs = [f"{a},{b}" for i, a in enumerate(names) for b in names[i:]]
+    assert post.coords == {"feature": names, "latent": [0, 1, 2], "cov_entry": pairs}
     assert post.num_data == 45 and post.num_test == 15
     assert post.data["x"].dtype == torch.get_default_dtype() == post.test_data["x"].dtype
     assert post.row_labels is None and post.truth is not None

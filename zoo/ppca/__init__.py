@@ -73,6 +73,9 @@ from zoo.ppca.data import (
     load_dataset,
 )
 from zoo.ppca.metrics import (
+    MAX_COV_ENTRIES,
+    cov_entries,
+    cov_entry_names,
     covariance_metrics,
     identified,
 )
@@ -88,6 +91,7 @@ from zoo.ppca.model import (
 )
 from zoo.ppca.posterior import (
     CLOSED_FORM_HINTS,
+    IDENTIFIED_SITES,
     NUTS_MAX_PARAMETERS,
     make_posterior,
 )
@@ -98,12 +102,16 @@ __all__ = [
     "Dataset",
     "DatasetSpec",
     "EMFit",
+    "IDENTIFIED_SITES",
+    "MAX_COV_ENTRIES",
     "NUTS_MAX_PARAMETERS",
     "PPCAFit",
     "Priors",
     "SIGMA_PRIORS",
     "SIMULATED",
     "SITES",
+    "cov_entries",
+    "cov_entry_names",
     "covariance",
     "covariance_metrics",
     "default_priors",

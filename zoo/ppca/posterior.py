@@ -17,7 +17,7 @@ from zoo.errors import ZooInputError
 from zoo.posterior import ClosedForm, LocalLatents, Posterior
 from zoo.ppca.closed_forms import PPCAFit, fit_em, fit_ml
 from zoo.ppca.data import DATASETS, _check_numeric, _feature_text, _looks_like_path, load_dataset
-from zoo.ppca.metrics import covariance_metrics, identified
+from zoo.ppca.metrics import cov_entries, cov_entry_names, covariance_metrics, identified
 from zoo.ppca.model import SITES, default_priors, local_model, model, summary_model
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,11 @@ CLOSED_FORM_HINTS = {
     " is 0); use a smaller --latent-dim or more rows",
 }
 
+
+#: The identified quantities (:func:`zoo.ppca.metrics.identified`) on which methods are
+#: judged and whose marginals the report draws, in that order: the top-K eigenvalues of
+#: C = W W^T + sigma^2 I, sigma, entries of C (``cov[a,b]``) and the mean.
+IDENTIFIED_SITES = ("eigenvalues", "sigma", "cov", "mean")
 
 #: Latent parameters above which NUTS is left out of the default methods.
 NUTS_MAX_PARAMETERS = 100
@@ -205,8 +210,17 @@ def make_posterior(
         test_data={"x": tensor(x_all[test])} if len(test) else None,
         obs_site="x",
         sites=SITES,
-        dims={"loadings": ["feature", "latent"], "mean": ["feature"]},
-        coords={"feature": names, "latent": list(range(latent_dim))},
+        dims={
+            "loadings": ["feature", "latent"],
+            "mean": ["feature"],
+            "cov": ["cov_entry"],
+            "eigenvalues": ["latent"],
+        },
+        coords={
+            "feature": names,
+            "latent": list(range(latent_dim)),
+            "cov_entry": cov_entry_names(names),
+        },
         closed_forms=closed_forms,
         truth=truth,
         description=description,
@@ -214,11 +228,13 @@ def make_posterior(
         marginal_model=bound,
         local_model=bound_local,
         local=LocalLatents(site="z", dim=latent_dim, input="x", plate="data"),
-        accuracy_sites=("mean", "sigma"),
+        # Judged on what the data identify (W only up to rotation): C's spectrum, sigma,
+        # entries of C, the mean. They are kept in every method's draws (Posterior.identified).
+        accuracy_sites=IDENTIFIED_SITES,
         row_labels=row_labels,
         extra_metrics=functools.partial(covariance_metrics, latent_dim=latent_dim, truth=truth),
         default_methods=default_methods,
-        identified=identified,
+        identified=functools.partial(identified, entries=cov_entries(names), latent_dim=latent_dim),
     )
 
 
