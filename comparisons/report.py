@@ -233,39 +233,31 @@ def pair_caption(
             f" That is a weak correlation (below {WEAK_CORRELATION}): the cloud is nearly "
             "round, so a guide that ignores correlations loses little here."
         )
-    notes = []
+    # Methods whose clouds read alike share one clause, with the range of their numbers.
+    groups: dict[tuple[str, str], list[tuple[str, dict[str, float] | None]]] = {}
     for m, n in numbers.items():
-        if m == reference:
+        if m != reference:
+            groups.setdefault(_pair_class(corr, n), []).append((m, n))
+    notes = []
+    for (tilt, width), members in groups.items():
+        names = _names(m for m, _ in members)
+        if tilt == "point":
+            notes.append(f"{names}: a point estimate (cross)")
             continue
-        name = html.escape(m)
-        if n is None:
-            notes.append(f"{name}: a point estimate (cross)")
-            continue
-        r, ra, rb = n["corr"], n["sd_ratio_a"], n["sd_ratio_b"]
-        if not strong:
-            tilt = (
-                "nearly round, as the reference"
-                if abs(r) < WEAK_CORRELATION
-                else "tilted where the reference is nearly round"
-            )
-        elif abs(r - corr) <= TILT_TOLERANCE:
-            tilt = "tilted like the reference"
-        elif abs(r) < TILT_TOLERANCE:
-            tilt = "not tilted"
-        elif np.sign(r) != np.sign(corr):
-            tilt = "tilted the other way"
-        else:
-            tilt = f"tilted {'less' if abs(r) < abs(corr) else 'more'} than the reference"
-        sds = f"sd ratios {ra:.2f} and {rb:.2f}"
-        lo, hi = min(ra, rb), max(ra, rb)
-        if lo < SD_BAND[0]:
-            width = f"narrower ({sds})"
-        elif hi > SD_BAND[1]:
-            width = f"wider ({sds})"
-        else:
-            width = f"as wide ({sds})"
-        note = f"{name}: {tilt} (correlation {r:+.2f}), {width}"
-        if tilt == "not tilted" and lo < SD_BAND[0]:
+        corrs = [n["corr"] for _, n in members]
+        ratios = [r for _, n in members for r in (n["sd_ratio_a"], n["sd_ratio_b"])]
+        corr_said = (
+            f"correlation {corrs[0]:+.2f}"
+            if len(corrs) == 1
+            else f"correlations {min(corrs):+.2f} to {max(corrs):+.2f}"
+        )
+        sds_said = (
+            f"sd ratios {ratios[0]:.2f} and {ratios[1]:.2f}"
+            if len(members) == 1
+            else f"sd ratios {min(ratios):.2f}-{max(ratios):.2f}"
+        )
+        note = f"{names}: {tilt} ({corr_said}), {width} ({sds_said})"
+        if tilt == "not tilted" and width == "narrower":
             note += (
                 ", which is what a guide that cannot tilt does: it shrinks to the narrow "
                 "width of the ridge and misses its length"
@@ -274,6 +266,33 @@ def pair_caption(
     if notes:
         text += " " + "; ".join(notes) + "."
     return text
+
+
+def _pair_class(corr: float, n: dict[str, float] | None) -> tuple[str, str]:
+    """How a method's cloud reads against the reference's: its tilt and its width."""
+    if n is None:
+        return "point", ""
+    r, lo, hi = (
+        n["corr"],
+        min(n["sd_ratio_a"], n["sd_ratio_b"]),
+        max(n["sd_ratio_a"], n["sd_ratio_b"]),
+    )
+    if abs(corr) < WEAK_CORRELATION:
+        tilt = (
+            "nearly round, as the reference"
+            if abs(r) < WEAK_CORRELATION
+            else "tilted where the reference is nearly round"
+        )
+    elif abs(r - corr) <= TILT_TOLERANCE:
+        tilt = "tilted like the reference"
+    elif abs(r) < TILT_TOLERANCE:
+        tilt = "not tilted"
+    elif np.sign(r) != np.sign(corr):
+        tilt = "tilted the other way"
+    else:
+        tilt = f"tilted {'less' if abs(r) < abs(corr) else 'more'} than the reference"
+    width = "narrower" if lo < SD_BAND[0] else "wider" if hi > SD_BAND[1] else "as wide"
+    return tilt, width
 
 
 def plot_pair(results, idatas, sites, path: Path) -> str | None:

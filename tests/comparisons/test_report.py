@@ -98,6 +98,18 @@ def test_pair_caption_of_a_weakly_correlated_pair_says_so_and_blames_no_guide():
     assert "as wide" in caption
 
 
+def test_pair_caption_joins_methods_whose_clouds_read_alike():
+    ref = _gaussian_draws(-0.95)
+    numbers = {
+        m: report.pair_numbers(ref, _gaussian_draws(-0.95, (s, s), seed=i), "a", "b")
+        for i, (m, s) in enumerate([("laplace", 0.96), ("flow", 1.0), ("full_rank", 1.02)])
+    }
+    caption = report.pair_caption("a", "b", -0.95, "nuts", numbers)
+    assert "laplace, flow, full_rank: tilted like the reference (correlations -0.9" in caption
+    ratios = [r for n in numbers.values() for r in (n["sd_ratio_a"], n["sd_ratio_b"])]
+    assert f"as wide (sd ratios {min(ratios):.2f}-{max(ratios):.2f})." in caption
+
+
 def test_pair_caption_tells_a_cloud_tilted_less_or_the_other_way():
     ref = _gaussian_draws(0.95)
     numbers = {
