@@ -335,15 +335,16 @@ def plot_pair(results, idatas, sites, path: Path) -> str | None:
     return pair_caption(a, b, r, reference, numbers)
 
 
-def plot_elbo(idatas, path: Path) -> bool:
-    """The objective of each fit per step, at most four panels a row, plain tick labels."""
+def plot_elbo(idatas, path: Path) -> str | None:
+    """The objective of each fit per step, at most four panels a row, plain tick labels;
+    returns the caption (None when no method has a trace)."""
     traces = {
         m: (np.asarray(i.posterior.attrs["elbo"]), _meta(i).get("trace_label", "ELBO"))
         for m, i in idatas.items()
         if "elbo" in i.posterior.attrs
     }
     if not traces:
-        return False
+        return None
     ncol = min(4, len(traces))
     nrow = -(-len(traces) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 2.9 * nrow), squeeze=False)
@@ -361,7 +362,35 @@ def plot_elbo(idatas, path: Path) -> bool:
     for ax in list(axes.flat)[len(traces) :]:
         ax.axis("off")
     _savefig(fig, path)
-    return True
+    return elbo_caption({m: label for m, (_, label) in traces.items()})
+
+
+#: What each kind of objective trace is, by its label's start.
+_TRACE_KINDS = {
+    "ELBO": "the ELBO of a stochastic guide per SVI step",
+    "log joint": "the log joint at each L-BFGS iterate",
+    "log-likelihood": "the log-likelihood after each iteration, which never decreases",
+}
+
+
+def elbo_caption(labels: dict[str, str]) -> str:
+    """The objective traces' caption: which methods trace which objective."""
+    kinds: dict[str, list[str]] = {}
+    for method, label in labels.items():
+        kind = next((k for k in _TRACE_KINDS if label.startswith(k)), label)
+        kinds.setdefault(kind, []).append(method)
+    said = "; ".join(
+        f"{_names(methods)}: {html.escape(_TRACE_KINDS.get(kind, kind))}"
+        for kind, methods in kinds.items()
+    )
+    text = (
+        f"The objective of each fit per step, in its method's colour ({said}). The y axis "
+        "shows the values themselves, cut below at the lowest 1% after the first tenth of the "
+        "steps. A trace still rising at its end did not converge"
+    )
+    if "ELBO" in kinds:
+        text += "; spikes or a drop show an unstable learning rate"
+    return text + "."
 
 
 def _chains(idata: az.InferenceData, sites) -> dict[str, np.ndarray]:
@@ -623,19 +652,9 @@ def render(out_dir: str | Path) -> Path:
         caption = plot_predictive(results, idatas, fig_dir / "predictive.png")
         if caption:
             sections.append(("Fitted curve over the data", "predictive.png", caption))
-        if plot_elbo(idatas, fig_dir / "elbo.png"):
-            sections.append(
-                (
-                    "Objective traces",
-                    "elbo.png",
-                    "The objective of each fit per step, in its method's colour: the ELBO of a "
-                    "stochastic guide, the log joint at each L-BFGS iterate of delta and "
-                    "laplace, the log-likelihood after each EM iteration (which never "
-                    "decreases). The y axis shows the values themselves, cut below at the "
-                    "lowest 1% after the first tenth of the steps. A trace still rising at its "
-                    "end did not converge; spikes or a drop show an unstable learning rate.",
-                )
-            )
+        caption = plot_elbo(idatas, fig_dir / "elbo.png")
+        if caption:
+            sections.append(("Objective traces", "elbo.png", caption))
         if "nuts" in idatas:
             names, labels, total = plot_nuts(idatas["nuts"], sites, fig_dir)
             trace, rank, summary = nuts_captions(labels, total, results["methods"]["nuts"])

@@ -272,13 +272,24 @@ def test_objective_traces_have_no_offset_label_and_wrap_in_rows_of_four(figs, tm
         )
         for m in ("mean_field", "low_rank", "full_rank", "flow", "laplace", "delta")
     }
-    assert report.plot_elbo(idatas, tmp_path / "elbo.png")
+    caption = report.plot_elbo(idatas, tmp_path / "elbo.png")
+    assert caption.startswith(
+        "The objective of each fit per step, in its method's colour (mean_field, low_rank, "
+        "full_rank, flow, laplace, delta: the ELBO of a stochastic guide per SVI step)."
+    )
     axes = [ax for ax in figs[0].axes if ax.axison]
     assert len(axes) == 6 and figs[0].get_size_inches()[0] <= 4 * 3.3 + 1e-9
     for ax in axes:
         assert ax.yaxis.get_offset_text().get_text() == ""
         assert ax.title.get_fontsize() >= 9
         assert ax.get_lines()[0].get_color() == figures.method_color(ax.get_title())
+
+
+def test_objective_caption_names_only_the_objectives_traced():
+    caption = report.elbo_caption({"laplace": "log joint (L-BFGS)", "em": "log-likelihood (EM)"})
+    assert "laplace: the log joint at each L-BFGS iterate" in caption
+    assert "em: the log-likelihood after each iteration" in caption
+    assert "ELBO" not in caption and "learning rate" not in caption
 
 
 # --------------------------------------------------------------------------- fitted curve
