@@ -349,15 +349,19 @@ def plot_elbo(idatas, path: Path) -> str | None:
     nrow = -(-len(traces) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 2.9 * nrow), squeeze=False)
     for ax, (m, (t, label)) in zip(axes.flat, traces.items()):
-        ax.plot(np.arange(len(t)), t, lw=0.8, color=method_color(m))
-        ax.set_ylabel(label, fontsize=FONT)
-        lo = np.quantile(t[len(t) // 10 :], 0.01) if len(t) > 20 else t.min()
-        span = t.max() - lo
-        ax.set_ylim(lo - 0.1 * span, t.max() + 0.1 * span + 1e-9)
-        # Whole numbers on the axis: an offset label (-2.438e5) would sit on the title.
-        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+        # Relative to the end (the mean of the last tenth of the steps, in the title): the axis
+        # then says how far each step was from it in plain numbers (raw values near -2.438e5
+        # need an offset label, which sat on the title, or ten-digit tick labels).
+        final = float(np.mean(t[-max(1, len(t) // 10) :]))
+        rel = t - final
+        ax.plot(np.arange(len(t)), rel, lw=0.8, color=method_color(m))
+        ax.set_ylabel(f"{label} - end", fontsize=FONT)
+        lo = np.quantile(rel[len(rel) // 10 :], 0.01) if len(rel) > 20 else rel.min()
+        span = max(rel.max() - lo, 1e-6 * max(1.0, abs(final)))
+        ax.set_ylim(lo - 0.1 * span, rel.max() + 0.1 * span)
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.tick_params(labelsize=FONT - 1)
-        ax.set_title(m, fontsize=FONT + 1)
+        ax.set_title(f"{m}: end {final:.6g}", fontsize=FONT + 1)
         ax.set_xlabel("step", fontsize=FONT)
     for ax in list(axes.flat)[len(traces) :]:
         ax.axis("off")
@@ -384,9 +388,10 @@ def elbo_caption(labels: dict[str, str]) -> str:
         for kind, methods in kinds.items()
     )
     text = (
-        f"The objective of each fit per step, in its method's colour ({said}). The y axis "
-        "shows the values themselves, cut below at the lowest 1% after the first tenth of the "
-        "steps. A trace still rising at its end did not converge"
+        f"The objective of each fit per step, in its method's colour ({said}), drawn relative "
+        "to its end (the mean of its last tenth of the steps, in the panel's title), so the y "
+        "axis says how far from the end each step was; it is cut below at the lowest 1% after "
+        "the first tenth of the steps. A trace still rising at its end did not converge"
     )
     if "ELBO" in kinds:
         text += "; spikes or a drop show an unstable learning rate"

@@ -266,23 +266,33 @@ def test_nuts_trace_of_many_scalars_shows_the_least_mixed_subset_and_says_which(
 
 def test_objective_traces_have_no_offset_label_and_wrap_in_rows_of_four(figs, tmp_path):
     steps = np.arange(400)
+    methods = ("mean_field", "low_rank", "full_rank", "flow", "laplace", "delta")
     idatas = {
         m: _idata(
             {"a": np.zeros((1, 3))}, sites=["a"], elbo=-243800.0 + 20 * (1 - np.exp(-steps / 50))
         )
-        for m in ("mean_field", "low_rank", "full_rank", "flow", "laplace", "delta")
+        for m in methods
     }
+    # An optimizer that stopped at once: a flat trace of two steps near -1186.2768.
+    idatas["delta"].posterior.attrs["elbo"] = np.array([-1186.27680818, -1186.27680818])
     caption = report.plot_elbo(idatas, tmp_path / "elbo.png")
     assert caption.startswith(
         "The objective of each fit per step, in its method's colour (mean_field, low_rank, "
-        "full_rank, flow, laplace, delta: the ELBO of a stochastic guide per SVI step)."
+        "full_rank, flow, laplace, delta: the ELBO of a stochastic guide per SVI step), drawn "
+        "relative to its end (the mean of its last tenth of the steps"
     )
     axes = [ax for ax in figs[0].axes if ax.axison]
     assert len(axes) == 6 and figs[0].get_size_inches()[0] <= 4 * 3.3 + 1e-9
-    for ax in axes:
+    for ax, m in zip(axes, methods):
         assert ax.yaxis.get_offset_text().get_text() == ""
         assert ax.title.get_fontsize() >= 9
-        assert ax.get_lines()[0].get_color() == figures.method_color(ax.get_title())
+        assert ax.get_title().startswith(f"{m}: end -")
+        assert ax.get_lines()[0].get_color() == figures.method_color(m)
+        # Short tick labels: at most 8 characters (a raw axis gave -1186.2768081880).
+        ticks = [t.get_text() for t in ax.get_yticklabels()]
+        assert ticks and max(len(t) for t in ticks) <= 8, ticks
+    end = np.mean(idatas["mean_field"].posterior.attrs["elbo"][-40:])
+    assert axes[0].get_title() == f"mean_field: end {end:.6g}"
 
 
 def test_objective_caption_names_only_the_objectives_traced():
