@@ -149,7 +149,12 @@ def marginals_caption(
             "measures them against one)"
         )
     text += "; point estimates as dashed lines." if points else "."
-    if reference in methods:
+    if reference in points:
+        text += (
+            f" The reference ({html.escape(reference)}) is a point: it has no spread to "
+            "measure the others' widths against, so none is judged here."
+        )
+    elif reference in methods:
         narrow, wide, shifted, match = [], [], [], []
         for m in methods:
             met = records.get(m, {}).get("metrics", {})

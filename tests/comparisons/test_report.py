@@ -162,6 +162,16 @@ def test_marginals_caption_names_who_is_narrower_wider_shifted_or_matching():
     assert "every parameter: full_rank." in caption
 
 
+def test_marginals_caption_against_a_point_reference_judges_no_width():
+    results = {
+        "reference": "ml",
+        "methods": {"ml": _record(sd=0.0), "mean_field": _record(), "laplace": _record()},
+    }
+    caption = report.marginals_caption(results, list(results["methods"]), ["a"], shown=1, total=1)
+    assert "The reference (ml) is a point" in caption and "none is judged" in caption
+    assert "Narrower" not in caption and "Within" not in caption
+
+
 def test_marginals_show_the_sites_a_model_names_for_them(figs, tmp_path):
     # PPCA names identified quantities (accuracy_sites); raw loadings are not drawn.
     rng = np.random.default_rng(0)
