@@ -464,10 +464,13 @@ def plot_nuts(idata, sites, fig_dir: Path) -> tuple[list[str], list[str], int]:
         values = chains[label]
         ranks = rankdata(values, method="average").reshape(values.shape)
         bins = np.linspace(0.5, values.size + 0.5, 21)
+        top = 0
         for c, r in enumerate(ranks):
             counts, _ = np.histogram(r, bins=bins)
-            ax.step(bins[:-1], counts, where="post", color=colors[c], lw=1)
+            ax.stairs(counts, bins, baseline=None, color=colors[c], lw=1)
+            top = max(top, counts.max())
         ax.axhline(values.shape[1] / 20, color="0.4", ls="--", lw=0.8)
+        ax.set_ylim(0, 1.15 * top)  # from zero: noise in the counts is not made to look large
         ax.set_title(label, fontsize=FONT)
         ax.set_xticks([])
         ax.tick_params(labelsize=FONT - 1)
