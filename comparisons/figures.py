@@ -8,6 +8,8 @@ and returns the sections it adds: (title, file name, caption) triples.
 from __future__ import annotations
 
 import html
+import re
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +21,35 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Ellipse  # noqa: E402
 
+#: Colours of things that are not methods (mixture components, loading axes, classes).
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 Section = tuple[str, str, str]
+
+#: One colour per method, the same in every figure of every report (a method of one K of a
+#: mixture, ``nuts-k3``, has the colour of ``nuts``).
+METHOD_COLORS: dict[str, str] = {
+    "nuts": "#000000",
+    "exact": "#8c564b",
+    "ml": "#7f7f7f",
+    "em": "#bcbd22",
+    "delta": "#d62728",
+    "laplace": "#ff7f0e",
+    "mean_field": "#1f77b4",
+    "low_rank": "#17becf",
+    "full_rank": "#2ca02c",
+    "flow": "#9467bd",
+    "amortized": "#e377c2",
+}
+#: Colours of methods missing from the table, chosen by a stable hash of the name.
+_SPARE_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd")
+
+
+def method_color(method: str) -> str:
+    """The colour of ``method`` in every figure (its entry in :data:`METHOD_COLORS`)."""
+    base = re.sub(r"-k\d+$", "", method)
+    if base in METHOD_COLORS:
+        return METHOD_COLORS[base]
+    return _SPARE_COLORS[zlib.crc32(base.encode()) % len(_SPARE_COLORS)]
 
 
 def _save(fig, path: Path) -> None:
@@ -72,7 +101,9 @@ def plot_gmm_components(results, idatas, fig_dir: Path) -> list[Section]:
         idata = idatas[method]
         weights, locs, scales = (_mean(idata, s) for s in ("weights", "locs", "scales"))
         if x.shape[1] == 1:
-            _mixture_density(ax, x[:, 0], weights, locs[:, 0], scales[:, 0], truth)
+            _mixture_density(
+                ax, x[:, 0], weights, locs[:, 0], scales[:, 0], truth, method_color(method)
+            )
         else:
             ax.scatter(x[:, 0], x[:, 1], s=4, color="0.7")
             cloud = _draws(idata, "locs")
@@ -111,7 +142,7 @@ def _ellipse(ax, loc, scale, color, style, width) -> None:
     )
 
 
-def _mixture_density(ax, x, weights, locs, scales, truth) -> None:
+def _mixture_density(ax, x, weights, locs, scales, truth, color: str) -> None:
     grid = np.linspace(x.min() - 0.1 * np.ptp(x), x.max() + 0.1 * np.ptp(x), 300)
     ax.hist(x, bins=40, density=True, color="0.8")
 
@@ -122,7 +153,7 @@ def _mixture_density(ax, x, weights, locs, scales, truth) -> None:
             / (s[:, None] * np.sqrt(2 * np.pi))
         ).sum(0)
 
-    ax.plot(grid, density(weights, locs, scales), color=COLORS[0])
+    ax.plot(grid, density(weights, locs, scales), color=color)
     if truth is not None:
         ax.plot(
             grid,
@@ -208,9 +239,11 @@ def plot_ppca_spectrum(results, idatas, fig_dir: Path) -> list[Section]:
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     shown = min(len(data), max(3 * k, 10))
     ax.plot(np.arange(1, shown + 1), data[:shown], "ko-", ms=3, label="data (sample covariance)")
-    for i, (method, idata) in enumerate(idatas.items()):
+    for method, idata in idatas.items():
         _, evals, _ = _principal(idata, k)
-        ax.plot(np.arange(1, shown + 1), evals[:shown], lw=1, color=COLORS[i % 10], label=method)
+        ax.plot(
+            np.arange(1, shown + 1), evals[:shown], lw=1, color=method_color(method), label=method
+        )
     ax.axvline(k + 0.5, color="0.6", ls=":")
     ax.set_yscale("log")
     ax.set_xlabel("component", fontsize=8)
@@ -290,7 +323,7 @@ def plot_ppca_cov_error(results, idatas, fig_dir: Path) -> list[Section]:
         (axes[1], "subspace_angle_max_deg", "largest principal angle (deg)"),
     ):
         values = [metrics.get(key, np.nan) for _, metrics in rows]
-        ax.bar(range(len(names)), values, color=[COLORS[i % 10] for i in range(len(names))])
+        ax.bar(range(len(names)), values, color=[method_color(m) for m in names])
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
         ax.set_yscale("log")
         ax.set_title(label, fontsize=9)

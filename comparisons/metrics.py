@@ -326,4 +326,15 @@ def verdict(
             f"PSIS k {khat:.2f}"
             + (" > 0.7: importance correction unreliable" if khat > KHAT_BAD else "")
         )
-    return "; ".join(notes)
+    return "; ".join(notes + loo_warning(diag))
+
+
+def loo_warning(diagnostics: Mapping) -> list[str]:
+    """The verdict's note when PSIS-LOO's Pareto k exceeds :data:`KHAT_BAD` at some rows
+    (their leave-one-out densities, and elpd LOO, are unreliable); empty otherwise."""
+    k = _number(diagnostics.get("loo_khat_max", math.nan))
+    if not k > KHAT_BAD:
+        return []
+    bad = diagnostics.get("loo_khat_bad")
+    rows = f" at {bad} row{'s' if bad != 1 else ''}" if bad else ""
+    return [f"PSIS-LOO k {k:.2f} > {KHAT_BAD}{rows}: elpd LOO unreliable"]

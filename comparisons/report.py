@@ -15,14 +15,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy.stats import gaussian_kde  # noqa: E402
+from scipy.stats import gaussian_kde, rankdata  # noqa: E402
 
-from comparisons.figures import MODEL_FIGURES, plot_selection  # noqa: E402
+from comparisons.figures import MODEL_FIGURES, method_color, plot_selection  # noqa: E402
 from comparisons.metrics import KHAT_BAD, labelled  # noqa: E402
 from zoo import ZooInputError  # noqa: E402
 
 MAX_MARGINALS = 12
-COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+#: NUTS trace and rank panels: at most this many scalars, those with the highest R-hat.
+MAX_TRACE_PANELS = 8
+#: A method's correlation within this of the reference's: its cloud is tilted like it.
+TILT_TOLERANCE = 0.1
+#: Reference correlations below this in size: the pair is barely correlated.
+WEAK_CORRELATION = 0.3
+#: sd ratios inside this band match the reference (the verdicts' band).
+SD_BAND = (0.9, 1.1)
+FONT = 9
 
 
 def load(out_dir: str | Path) -> tuple[dict, dict[str, az.InferenceData]]:
@@ -49,8 +57,11 @@ def _meta(idata: az.InferenceData) -> dict:
     return json.loads(idata.posterior.attrs["zoo"])
 
 
-def _color(methods: list[str], method: str) -> str:
-    return COLORS[methods.index(method) % len(COLORS)]
+def shown_sites(idata: az.InferenceData) -> list[str]:
+    """The sites the marginal, pair and trace figures show: those the accuracy columns judge
+    (a model names them: identified quantities where raw parameters are not), else all."""
+    meta = _meta(idata)
+    return list(meta.get("accuracy_sites") or meta["sites"])
 
 
 def _savefig(fig, path: Path) -> None:
@@ -59,11 +70,18 @@ def _savefig(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_marginals(results, idatas, sites, path: Path) -> bool:
+def _names(methods) -> str:
+    return ", ".join(html.escape(m) for m in methods)
+
+
+def plot_marginals(results, idatas, sites, path: Path) -> str:
+    """One panel per scalar (at most :data:`MAX_MARGINALS`), every method in its colour;
+    returns the caption, written from the numbers of results.json."""
     reference = results.get("reference")
     methods = list(idatas)
     draws = {m: labelled(idatas[m], sites) for m in methods}
-    labels = list(next(iter(draws.values())))[:MAX_MARGINALS]
+    every = list(next(iter(draws.values())))
+    labels = every[:MAX_MARGINALS]
     ncol = min(4, len(labels))
     nrow = -(-len(labels) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.6 * nrow), squeeze=False)
@@ -79,22 +97,105 @@ def plot_marginals(results, idatas, sites, path: Path) -> bool:
         grid = np.linspace(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo), 200)
         for m in methods:
             v = np.ravel(draws[m][label])
-            style = (
-                {"color": "black", "lw": 2.5, "zorder": 5}
-                if m == reference
-                else {"color": _color(methods, m), "lw": 1.3}
-            )
+            is_ref = m == reference
+            style = {"color": method_color(m), "lw": 3.0 if is_ref else 1.3}
+            style["zorder"] = 5 if is_ref else 3
+            name = f"{m} (reference)" if is_ref else m
             if v.std() == 0:
-                ax.axvline(v[0], ls="--", label=m, **style)
+                ax.axvline(v[0], ls="--", label=name, **style)
             else:
-                ax.plot(grid, gaussian_kde(v)(grid), label=m, **style)
-        ax.set_title(label, fontsize=9)
+                ax.plot(grid, gaussian_kde(v)(grid), label=name, **style)
+        ax.set_title(label, fontsize=FONT)
         ax.set_yticks([])
+        ax.tick_params(labelsize=FONT - 1)
     for ax in list(axes.flat)[len(labels) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=FONT - 1)
     _savefig(fig, path)
-    return True
+    all_sites = _meta(next(iter(idatas.values())))["sites"]
+    return marginals_caption(
+        results, methods, sites, all_sites=all_sites, shown=len(labels), total=len(every)
+    )
+
+
+def marginals_caption(
+    results: dict,
+    methods: list[str],
+    sites: list[str],
+    *,
+    all_sites: list[str] | None = None,
+    shown: int,
+    total: int,
+) -> str:
+    """What the marginals figure shows, from results.json: which methods are narrower,
+    wider or shifted against the reference, or, with no reference, that nothing is judged."""
+    reference = results.get("reference")
+    records = results["methods"]
+    points = [
+        m
+        for m in methods
+        if records.get(m, {}).get("summary")
+        and all(s["sd"] == 0 for s in records[m]["summary"].values())
+    ]
+    if reference in methods:
+        text = (
+            f"Each panel is one parameter: the reference ({html.escape(reference)}) as a thick "
+            "line, every other method in its own colour"
+        )
+    else:
+        text = (
+            f"Each panel is one parameter's posterior under {_names(methods)}, in its "
+            "method's colour; nothing is judged here (zoo compare runs several methods and "
+            "measures them against one)"
+        )
+    text += "; point estimates as dashed lines." if points else "."
+    if reference in points:
+        text += (
+            f" The reference ({html.escape(reference)}) is a point: it has no spread to "
+            "measure the others' widths against, so none is judged here."
+        )
+    elif reference in methods:
+        narrow, wide, shifted, match = [], [], [], []
+        for m in methods:
+            met = records.get(m, {}).get("metrics", {})
+            if m == reference or "max_abs_mean_z" not in met:
+                continue
+            z, lo, hi = met["max_abs_mean_z"], met["sd_ratio_min"], met["sd_ratio_max"]
+            if m in points:
+                if z >= 0.1:
+                    shifted.append(f"{html.escape(m)} ({z:.2f} sd, a point estimate)")
+                continue
+            if lo < SD_BAND[0]:
+                narrow.append(f"{html.escape(m)} ({lo:.2f})")
+            if hi > SD_BAND[1]:
+                wide.append(f"{html.escape(m)} ({hi:.2f})")
+            if z >= 0.1:
+                shifted.append(f"{html.escape(m)} ({z:.2f} sd)")
+            if lo >= SD_BAND[0] and hi <= SD_BAND[1] and z < 0.1:
+                match.append(html.escape(m))
+        if narrow:
+            text += (
+                f" Narrower than the reference (over-confident; smallest sd ratio): "
+                f"{', '.join(narrow)}."
+            )
+        if wide:
+            text += f" Wider than the reference (largest sd ratio): {', '.join(wide)}."
+        if shifted:
+            text += f" Means shifted by 0.1 sd or more (largest): {', '.join(shifted)}."
+        if match:
+            text += (
+                f" Within 0.1 sd and sd ratios {SD_BAND[0]}-{SD_BAND[1]} on every parameter: "
+                f"{', '.join(match)}."
+            )
+    if total > shown:
+        text += f" The first {shown} of {total} parameters are drawn; results.json has all."
+    left_out = [s for s in all_sites or () if s not in sites]
+    if left_out:
+        text += (
+            f" Shown: {_names(sites)}, the quantities the accuracy columns judge; "
+            f"{_names(left_out)} not drawn."
+        )
+    return text
 
 
 def most_correlated_pair(ref_draws: dict[str, np.ndarray]) -> tuple[str, str, float] | None:
@@ -107,7 +208,101 @@ def most_correlated_pair(ref_draws: dict[str, np.ndarray]) -> tuple[str, str, fl
     return labels[i], labels[j], float(corr[i, j])
 
 
+def pair_numbers(
+    ref: dict[str, np.ndarray], draws: dict[str, np.ndarray], a: str, b: str
+) -> dict[str, float] | None:
+    """A method's correlation of ``a`` and ``b`` and its sd ratios against the reference's
+    draws; None for a point estimate."""
+    if np.std(draws[a]) == 0 or np.std(draws[b]) == 0:
+        return None
+    return {
+        "corr": float(np.corrcoef(draws[a], draws[b])[0, 1]),
+        "sd_ratio_a": float(np.std(draws[a]) / np.std(ref[a])),
+        "sd_ratio_b": float(np.std(draws[b]) / np.std(ref[b])),
+    }
+
+
+def pair_caption(
+    a: str, b: str, corr: float, reference: str, numbers: dict[str, dict[str, float] | None]
+) -> str:
+    """The pair plot's caption, from the numbers: the reference's correlation of the pair,
+    and for every other method whether its cloud is tilted like it and how wide it is."""
+    strong = abs(corr) >= WEAK_CORRELATION
+    text = (
+        f"{html.escape(a)} against {html.escape(b)}, the most correlated pair of the reference "
+        f"({html.escape(reference)}): correlation {corr:+.2f}. Grey: reference draws; colour: "
+        "each method."
+    )
+    if not strong:
+        text += (
+            f" That is a weak correlation (below {WEAK_CORRELATION}): the cloud is nearly "
+            "round, so a guide that ignores correlations loses little here."
+        )
+    # Methods whose clouds read alike share one clause, with the range of their numbers.
+    groups: dict[tuple[str, str], list[tuple[str, dict[str, float] | None]]] = {}
+    for m, n in numbers.items():
+        if m != reference:
+            groups.setdefault(_pair_class(corr, n), []).append((m, n))
+    notes = []
+    for (tilt, width), members in groups.items():
+        names = _names(m for m, _ in members)
+        if tilt == "point":
+            notes.append(f"{names}: a point estimate (cross)")
+            continue
+        corrs = [n["corr"] for _, n in members]
+        ratios = [r for _, n in members for r in (n["sd_ratio_a"], n["sd_ratio_b"])]
+        corr_said = (
+            f"correlation {corrs[0]:+.2f}"
+            if len(corrs) == 1
+            else f"correlations {min(corrs):+.2f} to {max(corrs):+.2f}"
+        )
+        sds_said = (
+            f"sd ratios {ratios[0]:.2f} and {ratios[1]:.2f}"
+            if len(members) == 1
+            else f"sd ratios {min(ratios):.2f}-{max(ratios):.2f}"
+        )
+        note = f"{names}: {tilt} ({corr_said}), {width} ({sds_said})"
+        if tilt == "not tilted" and width == "narrower":
+            note += (
+                ", which is what a guide that cannot tilt does: it shrinks to the narrow "
+                "width of the ridge and misses its length"
+            )
+        notes.append(note)
+    if notes:
+        text += " " + "; ".join(notes) + "."
+    return text
+
+
+def _pair_class(corr: float, n: dict[str, float] | None) -> tuple[str, str]:
+    """How a method's cloud reads against the reference's: its tilt and its width."""
+    if n is None:
+        return "point", ""
+    r, lo, hi = (
+        n["corr"],
+        min(n["sd_ratio_a"], n["sd_ratio_b"]),
+        max(n["sd_ratio_a"], n["sd_ratio_b"]),
+    )
+    if abs(corr) < WEAK_CORRELATION:
+        tilt = (
+            "nearly round, as the reference"
+            if abs(r) < WEAK_CORRELATION
+            else "tilted where the reference is nearly round"
+        )
+    elif abs(r - corr) <= TILT_TOLERANCE:
+        tilt = "tilted like the reference"
+    elif abs(r) < TILT_TOLERANCE:
+        tilt = "not tilted"
+    elif np.sign(r) != np.sign(corr):
+        tilt = "tilted the other way"
+    else:
+        tilt = f"tilted {'less' if abs(r) < abs(corr) else 'more'} than the reference"
+    width = "narrower" if lo < SD_BAND[0] else "wider" if hi > SD_BAND[1] else "as wide"
+    return tilt, width
+
+
 def plot_pair(results, idatas, sites, path: Path) -> str | None:
+    """Each method's draws of the reference's most correlated pair over the reference's;
+    returns the caption (None when there is no reference or no pair)."""
     reference = results.get("reference")
     if reference not in idatas:
         return None
@@ -124,90 +319,285 @@ def plot_pair(results, idatas, sites, path: Path) -> str | None:
     )
     rng = np.random.default_rng(0)
     take = rng.permutation(len(ref[a]))[:1500]
+    numbers = {}
     for ax, m in zip(axes.flat, methods):
         ax.scatter(ref[a][take], ref[b][take], s=3, color="0.75", label=f"{reference} (reference)")
         d = labelled(idatas[m], sites)
+        numbers[m] = pair_numbers(ref, d, a, b)
         pick = rng.permutation(len(d[a]))[:1500]
-        if np.std(d[a]) == 0:
-            ax.plot(d[a][0], d[b][0], "x", color="red", ms=10, mew=2, label=m)
+        if numbers[m] is None:
+            ax.plot(d[a][0], d[b][0], "x", color=method_color(m), ms=10, mew=2, label=m)
+            ax.set_title(f"{m} (point)", fontsize=FONT)
         else:
-            ax.scatter(d[a][pick], d[b][pick], s=3, alpha=0.5, color=_color(methods, m), label=m)
-        ax.set_title(m, fontsize=9)
-        ax.set_xlabel(a, fontsize=8)
-        ax.set_ylabel(b, fontsize=8)
+            ax.scatter(d[a][pick], d[b][pick], s=3, alpha=0.5, color=method_color(m), label=m)
+            ax.set_title(f"{m}: correlation {numbers[m]['corr']:+.2f}", fontsize=FONT)
+        ax.set_xlabel(a, fontsize=FONT - 1)
+        ax.set_ylabel(b, fontsize=FONT - 1)
+        ax.tick_params(labelsize=FONT - 1)
     for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
     _savefig(fig, path)
-    return f"{a} and {b} (reference correlation {r:+.2f})"
+    return pair_caption(a, b, r, reference, numbers)
 
 
-def plot_elbo(idatas, path: Path) -> bool:
+def plot_elbo(idatas, path: Path) -> str | None:
+    """The objective of each fit per step, at most four panels a row, plain tick labels;
+    returns the caption (None when no method has a trace)."""
     traces = {
         m: (np.asarray(i.posterior.attrs["elbo"]), _meta(i).get("trace_label", "ELBO"))
         for m, i in idatas.items()
         if "elbo" in i.posterior.attrs
     }
     if not traces:
-        return False
-    fig, axes = plt.subplots(1, len(traces), figsize=(3.2 * len(traces), 2.8), squeeze=False)
+        return None
+    ncol = min(4, len(traces))
+    nrow = -(-len(traces) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 2.9 * nrow), squeeze=False)
     for ax, (m, (t, label)) in zip(axes.flat, traces.items()):
-        ax.plot(np.arange(len(t)), t, lw=0.6)
-        ax.set_ylabel(label, fontsize=8)
-        lo = np.quantile(t[len(t) // 10 :], 0.01) if len(t) > 20 else t.min()
-        span = t.max() - lo
-        ax.set_ylim(lo - 0.1 * span, t.max() + 0.1 * span + 1e-9)
-        ax.set_title(m, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
+        # Relative to the end (the mean of the last tenth of the steps, in the title): the axis
+        # then says how far each step was from it in plain numbers (raw values near -2.438e5
+        # need an offset label, which sat on the title, or ten-digit tick labels).
+        final = float(np.mean(t[-max(1, len(t) // 10) :]))
+        rel = t - final
+        ax.plot(np.arange(len(t)), rel, lw=0.8, color=method_color(m))
+        ax.set_ylabel(f"{label} - end", fontsize=FONT)
+        lo = np.quantile(rel[len(rel) // 10 :], 0.01) if len(rel) > 20 else rel.min()
+        span = max(rel.max() - lo, 1e-6 * max(1.0, abs(final)))
+        ax.set_ylim(lo - 0.1 * span, rel.max() + 0.1 * span)
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.tick_params(labelsize=FONT - 1)
+        ax.set_title(f"{m}: end {final:.6g}", fontsize=FONT + 1)
+        ax.set_xlabel("step", fontsize=FONT)
+    for ax in list(axes.flat)[len(traces) :]:
+        ax.axis("off")
     _savefig(fig, path)
-    return True
+    return elbo_caption({m: label for m, (_, label) in traces.items()})
 
 
-def plot_nuts(idata, sites, fig_dir: Path) -> list[str]:
-    out = []
+#: What each kind of objective trace is, by its label's start.
+_TRACE_KINDS = {
+    "ELBO": "the ELBO of a stochastic guide per SVI step",
+    "log joint": "the log joint at each L-BFGS iterate",
+    "log-likelihood": "the log-likelihood after each iteration, which never decreases",
+}
+
+
+def elbo_caption(labels: dict[str, str]) -> str:
+    """The objective traces' caption: which methods trace which objective."""
+    kinds: dict[str, list[str]] = {}
+    for method, label in labels.items():
+        kind = next((k for k in _TRACE_KINDS if label.startswith(k)), label)
+        kinds.setdefault(kind, []).append(method)
+    said = "; ".join(
+        f"{_names(methods)}: {html.escape(_TRACE_KINDS.get(kind, kind))}"
+        for kind, methods in kinds.items()
+    )
+    text = (
+        f"The objective of each fit per step, in its method's colour ({said}), drawn relative "
+        "to its end (the mean of its last tenth of the steps, in the panel's title), so the y "
+        "axis says how far from the end each step was; it is cut below at the lowest 1% after "
+        "the first tenth of the steps. A trace still rising at its end did not converge"
+    )
+    if "ELBO" in kinds:
+        text += "; spikes or a drop show an unstable learning rate"
+    return text + "."
+
+
+def _chains(idata: az.InferenceData, sites) -> dict[str, np.ndarray]:
+    """Draws of every scalar of ``sites`` by ArviZ label, shape (chain, draw)."""
+    post = idata.posterior
+    chains, draws = post.sizes["chain"], post.sizes["draw"]
+    flat = labelled(idata, sites)
+    return {k: np.ravel(v).reshape(chains, draws) for k, v in flat.items()}
+
+
+def trace_labels(chains: dict[str, np.ndarray], limit: int = MAX_TRACE_PANELS) -> list[str]:
+    """The scalars whose trace is drawn: all if at most ``limit``, else the ``limit`` with
+    the highest R-hat (the least mixed), in their original order."""
+    labels = list(chains)
+    if len(labels) <= limit:
+        return labels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        axes = az.plot_trace(idata, var_names=list(sites), compact=True, show=False)
-        _savefig(np.ravel(axes)[0].figure, fig_dir / "nuts_trace.png")
-        out.append("nuts_trace.png")
-        axes = az.plot_rank(idata, var_names=list(sites), show=False)
-        _savefig(np.ravel(axes)[0].figure, fig_dir / "nuts_rank.png")
-        out.append("nuts_rank.png")
-    return out
+        rhat = {k: float(az.rhat(v)) for k, v in chains.items()}
+    worst = sorted(labels, key=lambda k: -np.nan_to_num(rhat[k], nan=-np.inf))[:limit]
+    return [k for k in labels if k in worst]
+
+
+def _chain_colors(n: int) -> list:
+    # Chains are not methods: shades of one colour map, never a method's colour.
+    return [plt.cm.viridis(x) for x in np.linspace(0.0, 0.85, n)]
+
+
+def plot_nuts(idata, sites, fig_dir: Path) -> tuple[list[str], list[str], int]:
+    """Trace (density of each chain, and draws in order) and rank plots of NUTS, one labelled
+    pair of panels per scalar; returns the file names, the labels drawn and how many scalars
+    there are."""
+    chains = _chains(idata, sites)
+    labels = trace_labels(chains)
+    colors = _chain_colors(next(iter(chains.values())).shape[0])
+    pairs = 2 if len(labels) > 3 else 1
+    nrow = -(-len(labels) // pairs)
+    fig, axes = plt.subplots(nrow, 2 * pairs, figsize=(6.2 * pairs, 1.9 * nrow), squeeze=False)
+    for i, label in enumerate(labels):
+        ax_kde, ax_trace = axes[i // pairs, 2 * (i % pairs)], axes[i // pairs, 2 * (i % pairs) + 1]
+        values = chains[label]
+        for c, v in enumerate(values):
+            if np.std(v) > 0:
+                grid = np.linspace(values.min(), values.max(), 150)
+                ax_kde.plot(grid, gaussian_kde(v)(grid), color=colors[c], lw=1)
+            ax_trace.plot(v, color=colors[c], lw=0.5, alpha=0.8)
+        ax_kde.set_title(label, fontsize=FONT)
+        ax_kde.set_yticks([])
+        ax_trace.set_title(f"{label}: draws in order", fontsize=FONT)
+        for ax in (ax_kde, ax_trace):
+            ax.tick_params(labelsize=FONT - 1)
+            ax.ticklabel_format(axis="both", useOffset=False, style="plain")
+    for ax in list(axes.flat)[2 * len(labels) :]:
+        ax.axis("off")
+    _savefig(fig, fig_dir / "nuts_trace.png")
+    # Rank plots of the same scalars: ranks of each chain's draws among all draws.
+    ncol = min(4, len(labels))
+    nrow = -(-len(labels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.1 * ncol, 2.3 * nrow), squeeze=False)
+    for ax, label in zip(axes.flat, labels):
+        values = chains[label]
+        ranks = rankdata(values, method="average").reshape(values.shape)
+        bins = np.linspace(0.5, values.size + 0.5, 21)
+        top = 0
+        for c, r in enumerate(ranks):
+            counts, _ = np.histogram(r, bins=bins)
+            ax.stairs(counts, bins, baseline=None, color=colors[c], lw=1)
+            top = max(top, counts.max())
+        ax.axhline(values.shape[1] / 20, color="0.4", ls="--", lw=0.8)
+        ax.set_ylim(0, 1.15 * top)  # from zero: noise in the counts is not made to look large
+        ax.set_title(label, fontsize=FONT)
+        ax.set_xticks([])
+        ax.tick_params(labelsize=FONT - 1)
+    for ax in list(axes.flat)[len(labels) :]:
+        ax.axis("off")
+    _savefig(fig, fig_dir / "nuts_rank.png")
+    return ["nuts_trace.png", "nuts_rank.png"], labels, len(chains)
+
+
+def nuts_captions(labels: list[str], total: int, record: dict) -> tuple[str, str, str]:
+    """Captions of the NUTS trace and rank plots and the rank plots' one-line summary."""
+    chosen = ""
+    if total > len(labels):
+        chosen = (
+            f" Drawn: the {len(labels)} of {total} scalars with the highest R-hat (the least "
+            f"mixed): {_names(labels)}; the table has the others' worst R-hat and ESS."
+        )
+    trace = (
+        "Each scalar has two labelled panels: left, the density of each chain's draws; right, "
+        "the draws in order, one colour per chain. Chains should overlap and look like noise."
+        + chosen
+    )
+    rank = (
+        "Ranks of each chain's draws among all draws, one line per chain, the dashed line what "
+        "perfectly mixed chains give: flat lines mean the chains mix; slopes or humps mean "
+        "they do not." + chosen
+    )
+    diag = record.get("diagnostics", {})
+    rhat = _float(diag.get("r_hat_max_identified", diag.get("r_hat_max")))
+    summary = (
+        f"NUTS rank plots (largest R-hat {rhat:.3f}: "
+        + ("the chains mix)" if rhat < 1.01 else "above 1.01, the chains do not mix)")
+        if np.isfinite(rhat)
+        else "NUTS rank plots"
+    )
+    return trace, rank, summary
 
 
 def plot_predictive(results, idatas, path: Path) -> str | None:
-    reference = results.get("reference")
-    points = [m for m, i in idatas.items() if _meta(i)["point"]]
-    if reference not in idatas or not points or "posterior_predictive" not in idatas[reference]:
+    """The fitted curve over the data for every method: the mean's median, the 90% band of
+    the mean and the 90% predictive band on the report grid; returns the caption."""
+    methods = [m for m, i in idatas.items() if "posterior_predictive" in i]
+    if not methods:
         return None
-    point = points[0]
-    obs = next(iter(idatas[reference].observed_data.data_vars))
-    label = _meta(idatas[reference])["grid_label"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    for ax, m in zip(axes, (point, reference)):
+    first = idatas[methods[0]]
+    obs = next(iter(first.observed_data.data_vars))
+    meta = _meta(first)
+    label = meta["grid_label"]
+    ncol = min(4, len(methods))
+    nrow = -(-len(methods) // ncol)
+    size = (6.0, 4.2) if len(methods) == 1 else (3.3, 2.9)
+    fig, axes = plt.subplots(
+        nrow,
+        ncol,
+        figsize=(size[0] * ncol, size[1] * nrow),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+    )
+    records = results["methods"]
+    flagged = []
+    for ax, m in zip(axes.flat, methods):
         idata = idatas[m]
         pp = idata.posterior_predictive
         grid = pp.coords["grid"].values
         y = pp[f"{obs}_grid"].values.reshape(-1, len(grid))
         mu = pp["mean_grid"].values.reshape(-1, len(grid))
+        color = method_color(m)
         ax.scatter(
             idata.constant_data["plot_x"].values,
             idata.observed_data[obs].values,
-            s=6,
-            color="0.5",
+            s=5,
+            color="0.55",
             label="fitted rows",
         )
         lo, hi = np.quantile(y, [0.05, 0.95], axis=0)
-        ax.fill_between(grid, lo, hi, alpha=0.25, label="90% predictive interval")
+        ax.fill_between(grid, lo, hi, alpha=0.18, color=color, label="90% predictive interval")
         mlo, mhi = np.quantile(mu, [0.05, 0.95], axis=0)
-        ax.fill_between(grid, mlo, mhi, alpha=0.5, label="90% interval of the mean")
-        ax.plot(grid, np.median(mu, axis=0), color="black", lw=1)
-        ax.set_title(f"{m} ({'point estimate' if m == point else 'full posterior'})", fontsize=10)
-        ax.set_xlabel(label)
-    axes[0].set_ylabel(_meta(idatas[reference])["description"].get("response", obs))
-    axes[0].legend(fontsize=7)
+        ax.fill_between(grid, mlo, mhi, alpha=0.45, color=color, label="90% interval of the mean")
+        ax.plot(grid, np.median(mu, axis=0), color=color, lw=1.5, label="mean (median)")
+        title = f"{m} ({'point estimate' if _meta(idata)['point'] else 'posterior'})"
+        k = _float(records.get(m, {}).get("diagnostics", {}).get("loo_khat_max"))
+        if k > KHAT_BAD:
+            title += f"\nPSIS-LOO k {k:.2f} > {KHAT_BAD}"
+            flagged.append(f"{html.escape(m)} (k {k:.2f})")
+        ax.set_title(title, fontsize=FONT + 1, color="#a00" if "\n" in title else "black")
+        ax.set_xlabel(label, fontsize=FONT)
+        ax.tick_params(labelsize=FONT - 1)
+    for ax in list(axes.flat)[len(methods) :]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel(meta["description"].get("response", obs), fontsize=FONT)
+    axes[0, 0].legend(fontsize=FONT - 2)
     _savefig(fig, path)
-    return point
+    points = [m for m in methods if _meta(idatas[m])["point"]]
+    return predictive_caption(results, methods, points, label, flagged)
+
+
+def predictive_caption(
+    results: dict, methods: list[str], points: list[str], label: str, flagged: list[str]
+) -> str:
+    """The fitted-curve figure's caption: what is drawn, what a point estimate's band means,
+    and which fits PSIS-LOO flags."""
+    features = [f.strip() for f in results.get("posterior", {}).get("features", "").split(",")]
+    text = (
+        f"The fitted curve against {html.escape(label)} for "
+        + ("each method" if len(methods) > 1 else html.escape(methods[0]))
+        + ": the line is the median of the regression mean, the dark band its 90% interval "
+        "(the uncertainty of the parameters), the light band the 90% predictive interval of a "
+        "new row (that plus the noise); grey points are the fitted rows."
+    )
+    if len(features) > 1 and not all(f.startswith(f"{label}^") or f == label for f in features):
+        text += (
+            " The other features are held at their means, while the points vary in them "
+            "too, so they scatter more widely around the curve than the noise alone."
+        )
+    if points:
+        text += (
+            f" A point estimate ({_names(points)}) has no parameter uncertainty: its dark "
+            "band is a line and its predictive band is the noise alone."
+        )
+    if flagged:
+        text += (
+            f" PSIS-LOO k above {KHAT_BAD} (red titles): {', '.join(flagged)}; some rows "
+            "pull the fit so hard that the leave-one-out estimate (elpd LOO) is unreliable "
+            "for them."
+        )
+    return text
 
 
 def _img(path: Path) -> str:
@@ -263,70 +653,26 @@ def render(out_dir: str | Path) -> Path:
         sections += plot_selection(results, fig_dir)
         results, idatas = _one_k(results, idatas)
         page_results = {**page_results, "shown_k": results["shown_k"]}
-    sites = _meta(next(iter(idatas.values())))["sites"] if idatas else []
+    # A section is (title, file, caption), or (title, file, caption, summary) for one folded
+    # under a one-line summary (<details>) to keep the page scannable.
+    sites = shown_sites(next(iter(idatas.values()))) if idatas else []
     if idatas:
-        plot_marginals(results, idatas, sites, fig_dir / "marginals.png")
-        sections.append(
-            (
-                "Marginal posteriors",
-                "marginals.png",
-                "Each panel is one parameter: the reference in thick black, every method in "
-                "colour, point estimates as dashed lines. A curve narrower than the reference "
-                "is over-confident; one shifted from it is biased.",
-            )
-        )
-        pair = plot_pair(results, idatas, sites, fig_dir / "pair.png")
-        if pair:
-            sections.append(
-                (
-                    "The most correlated pair",
-                    "pair.png",
-                    f"{html.escape(pair)}. Grey: reference draws; colour: each method. A "
-                    "mean-field guide cannot tilt: it shrinks to the narrow width of the "
-                    "ridge and misses its length.",
-                )
-            )
-        if plot_elbo(idatas, fig_dir / "elbo.png"):
-            sections.append(
-                (
-                    "Objective traces",
-                    "elbo.png",
-                    "The objective of each fit per step: the ELBO of a stochastic guide, the "
-                    "log joint at each L-BFGS iterate of delta and laplace, the "
-                    "log-likelihood after each EM iteration (which never decreases). A trace "
-                    "still rising at its end did not converge; spikes or a drop show an "
-                    "unstable learning rate.",
-                )
-            )
+        caption = plot_marginals(results, idatas, sites, fig_dir / "marginals.png")
+        sections.append(("Marginal posteriors", "marginals.png", caption))
+        caption = plot_pair(results, idatas, sites, fig_dir / "pair.png")
+        if caption:
+            sections.append(("The most correlated pair", "pair.png", caption))
+        caption = plot_predictive(results, idatas, fig_dir / "predictive.png")
+        if caption:
+            sections.append(("Fitted curve over the data", "predictive.png", caption))
+        caption = plot_elbo(idatas, fig_dir / "elbo.png")
+        if caption:
+            sections.append(("Objective traces", "elbo.png", caption))
         if "nuts" in idatas:
-            names = plot_nuts(idatas["nuts"], sites, fig_dir)
-            sections.append(
-                (
-                    "NUTS trace",
-                    names[0],
-                    "Left: the marginal of each chain; right: the draws in order. Chains "
-                    "should overlap and look like noise.",
-                )
-            )
-            sections.append(
-                (
-                    "NUTS rank plots",
-                    names[1],
-                    "Ranks of each chain's draws among all draws: flat histograms mean "
-                    "the chains mix; slopes or humps mean they do not (R-hat > 1.01).",
-                )
-            )
-        point = plot_predictive(results, idatas, fig_dir / "predictive.png")
-        if point:
-            sections.append(
-                (
-                    "Posterior predictive: point estimate against the full posterior",
-                    "predictive.png",
-                    f"Left: plugging the {html.escape(point)} point into the likelihood "
-                    "gives the noise band alone; right: the full posterior adds the "
-                    "uncertainty of the parameters, wider away from the data.",
-                )
-            )
+            names, labels, total = plot_nuts(idatas["nuts"], sites, fig_dir)
+            trace, rank, summary = nuts_captions(labels, total, results["methods"]["nuts"])
+            sections.append(("NUTS trace", names[0], trace))
+            sections.append(("NUTS rank plots", names[1], rank, summary))
     for plot in MODEL_FIGURES.get(results["model"], ()):
         sections += plot(results, idatas, fig_dir)
     page = _page(page_results, sections, fig_dir)
@@ -408,6 +754,35 @@ def _label_swaps_html(results: dict) -> str:
     )
 
 
+def _float(value) -> float:
+    """A number of results.json as a float (non-finite ones are spelled as strings there)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _section_html(section: tuple, fig_dir: Path) -> str:
+    title, name, caption, *folded = section
+    if folded:
+        return (
+            f"<details><summary>{html.escape(folded[0])}</summary>"
+            f"<h2>{html.escape(title)}</h2><p>{caption}</p>{_img(fig_dir / name)}</details>"
+        )
+    return f"<h2>{html.escape(title)}</h2><p>{caption}</p>{_img(fig_dir / name)}"
+
+
+def rows_line(results: dict) -> str:
+    """The report's first line: how many rows were fitted, and how many held out."""
+    fitted, held = results["num_data"], results.get("num_test", 0) or 0
+    if not held:
+        return f"Fitted to all {fitted} rows of {results['dataset']}; none held out."
+    return (
+        f"Fitted to {fitted} of the {fitted + held} rows of {results['dataset']}; {held} held "
+        "out for the held-out log predictive density (lpd test)."
+    )
+
+
 def _page(results: dict, sections, fig_dir: Path) -> str:
     ref = results.get("reference")
     rows = []
@@ -434,13 +809,22 @@ def _page(results: dict, sections, fig_dir: Path) -> str:
             "is far from the posterior where it matters; its draws cannot be corrected by "
             "importance weighting.</p>"
         )
+    bad_loo = [
+        f"{html.escape(m)} ({_float(rec['diagnostics']['loo_khat_max']):.2f})"
+        for m, rec in results["methods"].items()
+        if _float(rec["diagnostics"].get("loo_khat_max")) > KHAT_BAD
+    ]
+    if bad_loo:
+        warnings_html += (
+            f"<p class=warn>PSIS-LOO k above {KHAT_BAD} for {', '.join(bad_loo)}: leaving "
+            "out some rows changes that fit too much for importance sampling to say; its elpd "
+            "LOO is unreliable (refit without those rows, or use a held-out split).</p>"
+        )
     post = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
         for k, v in results.get("posterior", {}).items()
     )
-    figs = "".join(
-        f"<h2>{html.escape(t)}</h2><p>{cap}</p>{_img(fig_dir / f)}" for t, f, cap in sections
-    )
+    figs = "".join(_section_html(section, fig_dir) for section in sections)
     timings = ", ".join(f"{k}: {v:.2f}" for k, v in results.get("timings", {}).items())
     versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
     ref_note = (
@@ -473,11 +857,13 @@ table {{ border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }}
 th {{ background: #f4f4f4; }} td.v {{ text-align: left; }}
 tr.failed td {{ color: #a00; }} .warn {{ color: #a00; }}
-img {{ max-width: 100%; }} .small {{ color: #666; font-size: 0.8em; }}
+img {{ max-width: 100%; }} p.rows {{ font-size: 1.1em; font-weight: 600; }}
+summary {{ font-size: 1.2em; font-weight: 600; margin: 1em 0; cursor: pointer; }}
+.small {{ color: #666; font-size: 0.8em; }}
 </style></head><body>
 <h1>{html.escape(results["model"])} on {html.escape(results["dataset"])}</h1>
-<p>{results["num_data"]} rows fitted, {results.get("num_test", 0)} held out; seed {results["seed"]},
-preset {html.escape(str(results.get("preset")))}.</p>
+<p class=rows>{html.escape(rows_line(results))}</p>
+<p>Seed {results["seed"]}, preset {html.escape(str(results.get("preset")))}.</p>
 <table>{post}</table>
 <h2>Accuracy and cost</h2>
 <p>{ref_note} lpd: mean log predictive density per row (a point estimate: log-likelihood at the
