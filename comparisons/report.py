@@ -498,14 +498,23 @@ def nuts_captions(labels: list[str], total: int, record: dict) -> tuple[str, str
         "perfectly mixed chains give: flat lines mean the chains mix; slopes or humps mean "
         "they do not." + chosen
     )
+    # The verdict's checks, said in the fold's one line (identified quantities where the raw
+    # parameters are not identified).
     diag = record.get("diagnostics", {})
-    rhat = _float(diag.get("r_hat_max_identified", diag.get("r_hat_max")))
-    summary = (
-        f"NUTS rank plots (largest R-hat {rhat:.3f}: "
-        + ("the chains mix)" if rhat < 1.01 else "above 1.01, the chains do not mix)")
-        if np.isfinite(rhat)
-        else "NUTS rank plots"
-    )
+    suffix = "_identified" if "r_hat_max_identified" in diag else ""
+    rhat = _float(diag.get(f"r_hat_max{suffix}"))
+    ess = _float(diag.get(f"ess_bulk_min{suffix}"))
+    if not np.isfinite(rhat):
+        summary = "NUTS rank plots"
+    elif rhat >= 1.01:
+        summary = f"NUTS rank plots (largest R-hat {rhat:.3f}, above 1.01: the chains do not mix)"
+    elif np.isfinite(ess) and ess <= 400:
+        summary = (
+            f"NUTS rank plots (largest R-hat {rhat:.3f}, but smallest bulk ESS {ess:.0f}, not "
+            "above 400: too few effective draws)"
+        )
+    else:
+        summary = f"NUTS rank plots (largest R-hat {rhat:.3f}: the chains mix)"
     return trace, rank, summary
 
 

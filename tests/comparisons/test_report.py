@@ -48,7 +48,6 @@ def figs(monkeypatch):
     saved = []
 
     def keep(fig, path):
-        fig.canvas.draw()
         saved.append(fig)
 
     monkeypatch.setattr(report, "_savefig", keep)
@@ -272,6 +271,13 @@ def test_nuts_trace_of_many_scalars_shows_the_least_mixed_subset_and_says_which(
     assert caption_summary == "NUTS rank plots"
     _, _, summary = report.nuts_captions(labels, total, {"diagnostics": {"r_hat_max": 1.4}})
     assert "1.400" in summary and "do not mix" in summary
+    # R-hat fine but too few effective draws (kidiq, raw intercept: bulk ESS 331).
+    diag = {"r_hat_max": 1.006, "ess_bulk_min": 331.0}
+    _, _, summary = report.nuts_captions(labels, total, {"diagnostics": diag})
+    assert "smallest bulk ESS 331" in summary and "the chains mix" not in summary
+    diag = {"r_hat_max": 1.004, "ess_bulk_min": 1080.0}
+    _, _, summary = report.nuts_captions(labels, total, {"diagnostics": diag})
+    assert summary == "NUTS rank plots (largest R-hat 1.004: the chains mix)"
 
 
 def test_objective_traces_have_no_offset_label_and_wrap_in_rows_of_four(figs, tmp_path):
@@ -291,6 +297,7 @@ def test_objective_traces_have_no_offset_label_and_wrap_in_rows_of_four(figs, tm
         "full_rank, flow, laplace, delta: the ELBO of a stochastic guide per SVI step), drawn "
         "relative to its end (the mean of its last tenth of the steps"
     )
+    figs[0].canvas.draw()  # tick labels exist once drawn
     axes = [ax for ax in figs[0].axes if ax.axison]
     assert len(axes) == 6 and figs[0].get_size_inches()[0] <= 4 * 3.3 + 1e-9
     for ax, m in zip(axes, methods):
