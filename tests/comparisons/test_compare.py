@@ -95,7 +95,7 @@ def test_out_dir_holds_report_results_netcdf_and_figures(ran):
     out_dir, results = ran
     methods = ["exact", "nuts", "delta", "laplace", "mean_field", "low_rank", "full_rank", "flow"]
     assert list(results["methods"]) == methods  # default: all that apply, reference first
-    expected = {"index.html", "results.json", *(f"{m}.nc" for m in methods)}
+    expected = {".zoo-manifest", "index.html", "results.json", *(f"{m}.nc" for m in methods)}
     assert {p.name for p in out_dir.iterdir() if p.is_file()} == expected
     figures = {p.name for p in (out_dir / "figures").iterdir()}
     assert figures == FIGURES
@@ -103,7 +103,10 @@ def test_out_dir_holds_report_results_netcdf_and_figures(ran):
         assert (out_dir / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Atomic writes leave no temporary file or staging folder behind.
     assert [p.name for p in out_dir.parent.iterdir()] == ["out"]
-    assert not [p for p in out_dir.rglob("*") if p.name.startswith(".")]
+    assert [p.name for p in out_dir.rglob("*") if p.name.startswith(".")] == [".zoo-manifest"]
+    # The manifest names every file the run wrote, for the next run into the folder.
+    written = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
+    assert set((out_dir / ".zoo-manifest").read_text().splitlines()) == written - {".zoo-manifest"}
     page = (out_dir / "index.html").read_text()
     # Self-contained: every figure inlined, nothing linked.
     assert page.count('<img src="data:image/png;base64,') == len(FIGURES)
