@@ -267,7 +267,7 @@ def _covariance_note(error: float, spread: float | None, met: Mapping) -> str:
         )
     angle = met.get("subspace_angle_max_deg")
     if angle is not None:
-        note += f"; principal subspace {angle:.1f} deg from the reference's"
+        note += f"; principal subspace {angle:.2g} deg from the reference's"
     return note
 
 
