@@ -435,6 +435,8 @@ def _select(args: argparse.Namespace, ks: list[int], out_dir: Path) -> int:
     _print_methods(result.results)
     chosen = result.results["selection"]["chosen"]
     print("chosen K: " + ", ".join(f"{k} {v}" for k, v in chosen.items()))
+    for warning in result.results["selection"].get("warnings", {}).values():
+        print(f"caution: {warning}")
     print(f"report: {out_dir / 'index.html'}")
     return 0
 

@@ -85,11 +85,13 @@ def plot_marginals(results, idatas, sites, path: Path) -> str:
     ncol = min(4, len(labels))
     nrow = -(-len(labels) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.6 * nrow), squeeze=False)
+    clipped: set[str] = set()
     for ax, label in zip(axes.flat, labels):
         values = [np.ravel(d[label]) for d in draws.values()]
-        spread = [v for v in values if v.std() > 0]
-        if spread:
-            lo, hi = np.quantile(np.concatenate(spread), [0.002, 0.998])
+        window = _window({m: np.ravel(draws[m][label]) for m in methods}, reference)
+        if window is not None:
+            lo, hi, wide = window
+            clipped.update(wide)
         else:  # point estimates only: a window around them
             points = np.concatenate(values)
             half = max(points.max() - points.min(), 0.1 * abs(points).max(), 1e-3)
@@ -113,9 +115,41 @@ def plot_marginals(results, idatas, sites, path: Path) -> str:
     axes.flat[0].legend(fontsize=FONT - 1)
     _savefig(fig, path)
     all_sites = _meta(next(iter(idatas.values())))["sites"]
-    return marginals_caption(
+    caption = marginals_caption(
         results, methods, sites, all_sites=all_sites, shown=len(labels), total=len(every)
     )
+    if clipped:
+        caption += (
+            f" Each window is set by the other methods: {_names(sorted(clipped))} spread"
+            " more than 10 times wider on some panels, and run off their edges there."
+        )
+    return caption
+
+
+#: A method whose central 99.6% interval is this many times wider than the typical
+#: method's does not set a marginal panel's window (PPCA's Laplace on a flat rotation).
+WINDOW_WIDTH_RATIO = 10.0
+
+
+def _window(values: dict[str, np.ndarray], reference: str | None):
+    """The x-window of a marginal panel, ``(lo, hi, methods left out)``: the union of the
+    central 99.6% intervals of the methods with spread, leaving out a method more than
+    :data:`WINDOW_WIDTH_RATIO` times wider than the median width (never the reference);
+    None when every method is a point."""
+    spans = {m: np.quantile(v, [0.002, 0.998]) for m, v in values.items() if v.size and v.std() > 0}
+    if not spans:
+        return None
+    typical = float(np.median([hi - lo for lo, hi in spans.values()]))
+    wide = [
+        m
+        for m, (lo, hi) in spans.items()
+        if m != reference and hi - lo > WINDOW_WIDTH_RATIO * typical
+    ]
+    kept = [spans[m] for m in spans if m not in wide]
+    points = [v[0] for m, v in values.items() if m not in spans and v.size]
+    lo = min([k[0] for k in kept] + points)
+    hi = max([k[1] for k in kept] + points)
+    return float(lo), float(hi), wide
 
 
 def marginals_caption(

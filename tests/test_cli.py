@@ -356,9 +356,13 @@ def test_choosing_k_and_fitting_an_amortized_guide(workdir, capsys, tiny_smoke):
         f"zoo: K={k} {method}" for k in (1, 2) for method in ("em", "mean_field")
     ]
     lines = out.splitlines()
-    assert lines[-2].startswith("chosen K: ") and "bic" in lines[-2]
     results = json.loads((workdir / "k" / "results.json").read_text())
     validate(results)
+    chosen = next(i for i, line in enumerate(lines) if line.startswith("chosen K: "))
+    assert "bic" in lines[chosen]
+    # A choice resting on flagged fits is said on the terminal too, one line a warning.
+    cautions = [f"caution: {w}" for w in results["selection"]["warnings"].values()]
+    assert lines[chosen + 1 : -1] == cautions
     assert set(results["methods"]) == {"em-k1", "em-k2", "mean_field-k1", "mean_field-k2"}
     assert [r["k"] for r in results["selection"]["criteria"]] == [1, 2]
 

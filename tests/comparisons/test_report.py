@@ -420,3 +420,21 @@ def test_a_folded_section_sits_under_its_summary(tmp_path):
     assert folded.endswith("</details>")
     open_ = report._section_html(("Trace", "r.png", "caption"), tmp_path)
     assert open_.startswith("<h2>Trace</h2><p>caption</p><img")
+
+
+def test_a_method_far_wider_than_the_others_does_not_set_the_marginal_window():
+    """PPCA's Laplace on a flat rotation spreads ~1e4 times wider than the other methods; the
+    window follows the others (and the reference), and the caption says who ran off it."""
+    rng = np.random.default_rng(0)
+    values = {
+        "nuts": rng.normal(0.0, 1.0, 1000),
+        "mean_field": rng.normal(0.2, 0.9, 1000),
+        "laplace": rng.normal(0.0, 1e4, 1000),
+        "delta": np.array([0.1]),
+    }
+    lo, hi, wide = report._window(values, "nuts")
+    assert wide == ["laplace"]
+    assert -5.0 < lo < -2.0 and 2.0 < hi < 5.0  # about 3 sd of the two unit-width methods
+    # The reference sets the window even when it is the wide one.
+    assert report._window(values, "laplace")[2] == []
+    assert report._window({"delta": np.array([1.0])}, None) is None
