@@ -561,8 +561,9 @@ def fit_lbfgs(
     with a warning naming the gradient left. Up to :data:`MAX_ROUNDS` rounds.
 
     The trace holds the objective at the start, at each accepted iterate (one L-BFGS
-    iteration each; ``steps`` counts them) and, last, at the point returned; ``grad_evals`` counts every evaluation with its gradient,
-    line-search trials included, and two per coordinate for each curvature diagonal;
+    iteration each; ``steps`` counts them) and, last, at the point returned; ``grad_evals``
+    counts every evaluation with its gradient, line-search trials included, and two per
+    coordinate for each curvature diagonal;
     ``num_steps`` caps them. ``config.max_seconds`` (where set) caps the wall time: a fit
     stopped by it is not converged and ``info["budget"]`` says so. ``info["scaled_grad"]``
     is the final scaled gradient's max-norm.
