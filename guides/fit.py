@@ -577,7 +577,7 @@ def fit_lbfgs(
         elbo_fn.differentiable_loss(model, guide, **data)
     params = [site["value"].unconstrained() for site in param_capture.trace.nodes.values()]
     objective = _PointObjective(lambda: elbo_fn.differentiable_loss(model, guide, **data), params)
-    max_seconds = getattr(config, "max_seconds", None)
+    max_seconds = config.max_seconds
     dim = sum(objective.sizes)
 
     trace: list[float] = []
