@@ -560,9 +560,10 @@ def fit_lbfgs(
     with the scales of the point returned, is below the tolerance; otherwise not converged,
     with a warning naming the gradient left. Up to :data:`MAX_ROUNDS` rounds.
 
-    The trace holds the objective at each accepted iterate (one L-BFGS iteration each) and,
-    last, at the point returned; ``grad_evals`` counts every evaluation with its gradient,
-    line-search trials included, and two per coordinate for each curvature diagonal;
+    The trace holds the objective at the start, at each accepted iterate (one L-BFGS
+    iteration each; ``steps`` counts them) and, last, at the point returned; ``grad_evals``
+    counts every evaluation with its gradient, line-search trials included, and two per
+    coordinate for each curvature diagonal;
     ``num_steps`` caps them. ``config.max_seconds`` (where set) caps the wall time: a fit
     stopped by it is not converged and ``info["budget"]`` says so. ``info["scaled_grad"]``
     is the final scaled gradient's max-norm.
@@ -576,7 +577,7 @@ def fit_lbfgs(
         elbo_fn.differentiable_loss(model, guide, **data)
     params = [site["value"].unconstrained() for site in param_capture.trace.nodes.values()]
     objective = _PointObjective(lambda: elbo_fn.differentiable_loss(model, guide, **data), params)
-    max_seconds = getattr(config, "max_seconds", None)
+    max_seconds = config.max_seconds
     dim = sum(objective.sizes)
 
     trace: list[float] = []
@@ -596,6 +597,8 @@ def fit_lbfgs(
             + "; check the scale of the data and priors"
         ) from None
     evaluations += 1
+    trace.append(-f_u)  # the start: a trace always has it and the final point
+    iterations = 0
     overflows, shrink, failure, failed_at, scaled_grad = 0, 1.0, None, 0, math.inf
     rounds = 0
     with tqdm(total=config.num_steps, desc=name, disable=not config.progress, leave=False) as bar:
@@ -657,8 +660,10 @@ def fit_lbfgs(
                     bar.update(evaluations - before)
                     break  # retry from u (the last accepted point) with a shorter step
                 bar.update(evaluations - before)
-                trace.append(-f_u)
+                if rounds > 1 or iteration > 0:  # the first one began at the start
+                    trace.append(-f_u)
                 iteration += 1
+                iterations += 1
                 # f_u is the objective where this iteration began (the last one's result).
                 if iteration > 1 and f_before - f_u <= 1e-15 * (1.0 + abs(f_u)):
                     stalls += 1
@@ -727,7 +732,7 @@ def fit_lbfgs(
         model=model,
         data=data,
         elbo=np.asarray(trace),
-        steps=len(trace) - 1,
+        steps=iterations,
         grad_evals=evaluations,
         wall_s=wall,
         converged=converged,

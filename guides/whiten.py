@@ -92,25 +92,30 @@ class MovingCovariance:
         cov = self._whitened_cov().detach()
         total = getattr(self, "_moving_sum", None)
         self._moving_sum = cov if total is None else total + cov
+        squares = getattr(self, "_moving_squares", None)
+        self._moving_squares = cov**2 if squares is None else squares + cov**2
         self._moving_count = getattr(self, "_moving_count", 0) + 1
 
     def still_moving(self) -> bool:
         """True when the covariance, averaged over the steps since the last call, differs
-        from the previous call's average by more than :attr:`MOVING_RTOL` of its size.
-        True at the first call (nothing to compare yet: one more window), False when no step
-        was taken since the last one."""
+        from the previous call's average by more than :attr:`MOVING_RTOL` of its size and by
+        more than its own spread over those steps (Frobenius norms): a drift, not the
+        optimizer's noise. True at the first call (nothing to compare yet: one more window),
+        False when no step was taken since the last one."""
         count = getattr(self, "_moving_count", 0)
         if count == 0:
             return False
         mean = self._moving_sum / count
-        self._moving_sum, self._moving_count = None, 0
+        spread = (self._moving_squares / count - mean**2).clamp_min(0.0).sum().sqrt()
+        self._moving_sum, self._moving_squares, self._moving_count = None, None, 0
         last = getattr(self, "_moving_last", None)
         self._moving_last = mean
         if last is None:
             return True
-        change = float(torch.linalg.matrix_norm(mean - last) / torch.linalg.matrix_norm(last))
+        drift = torch.linalg.matrix_norm(mean - last)
+        change = float(drift / torch.linalg.matrix_norm(last))
         self.last_covariance_change = change
-        return change > self.MOVING_RTOL
+        return change > self.MOVING_RTOL and bool(drift > spread)
 
 
 class WhitenedDiagonalNormal(Whitened, AutoDiagonalNormal):
