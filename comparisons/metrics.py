@@ -308,7 +308,9 @@ def verdict(
             )
     if "hessian" in diag and diag["hessian"] != "positive definite":
         notes.append(f"Hessian {diag['hessian'].split(':')[0]}")
-    if diag.get("converged") is False:
+    if "budget" in diag:  # a fit stopped at its preset's max_seconds
+        notes.append(f"stopped at its budget: {diag['budget']}")
+    elif diag.get("converged") is False:
         notes.append("optimizer did not converge")
     if method == reference:
         notes.insert(0, "reference" if reference_problem is None else "unreliable reference")

@@ -378,7 +378,8 @@ def plot_elbo(idatas, path: Path) -> str | None:
     """The objective of each fit per step, at most four panels a row, plain tick labels;
     returns the caption (None when no method has a trace)."""
     traces = {
-        m: (np.asarray(i.posterior.attrs["elbo"]), _meta(i).get("trace_label", "ELBO"))
+        # atleast_1d: netCDF gives a one-entry trace back as a scalar attribute
+        m: (np.atleast_1d(i.posterior.attrs["elbo"]), _meta(i).get("trace_label", "ELBO"))
         for m, i in idatas.items()
         if "elbo" in i.posterior.attrs
     }

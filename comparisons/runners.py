@@ -59,8 +59,8 @@ class Preset:
     (``guide_options["amortized"] = {"encoder": "mlp", "global_guide": "mean_field"}``).
 
     ``nuts_budget`` caps NUTS (:class:`NutsBudget`); the SVI and L-BFGS fits are capped by
-    ``fit.num_steps``. A method stopped at its budget is reported as stopped, with the
-    reason in its verdict."""
+    ``fit.num_steps`` and ``fit.max_seconds``. A method stopped at its budget is reported as
+    stopped, with the reason in its verdict."""
 
     name: str
     num_chains: int
@@ -75,7 +75,8 @@ class Preset:
 #: The NUTS budgets leave room over the costliest healthy runs seen: with the smoke preset,
 #: kidiq with the raw intercept took 117,471 gradient evaluations (2 chains), iris with
 #: K = 4 about 15,000 a chain; full runs 4 chains of twice the iterations. The seconds are
-#: a safety net only (that kidiq run took 604 s on 2 cores shared with five other jobs).
+#: a safety net only (that kidiq run took 604 s on 2 cores shared with five other jobs), as
+#: are the fits' (the slowest smoke guide on kidiq, flow, took 33 s there).
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         "smoke",
@@ -83,7 +84,7 @@ PRESETS: dict[str, Preset] = {
         num_warmup=500,
         num_samples=500,
         num_draws=2000,
-        fit=FitConfig(num_steps=3000, min_steps=400, window=100),
+        fit=FitConfig(num_steps=3000, min_steps=400, window=100, max_seconds=600),
         nuts_budget=NutsBudget(max_grad_evals=200_000, max_seconds=1800),
     ),
     "full": Preset(
@@ -92,7 +93,7 @@ PRESETS: dict[str, Preset] = {
         num_warmup=1000,
         num_samples=1000,
         num_draws=4000,
-        fit=FitConfig(),
+        fit=FitConfig(max_seconds=1800),
         nuts_budget=NutsBudget(max_grad_evals=1_000_000, max_seconds=7200),
     ),
 }

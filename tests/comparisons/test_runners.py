@@ -16,6 +16,7 @@ import torch
 from helpers import TINY, validate
 
 from comparisons import compare
+from comparisons.metrics import verdict
 from comparisons.runners import PRESETS, NutsBudget, _Guard, _Stopped, run_nuts, tree_depth
 from zoo import gmm
 from zoo import linear_regression as lr
@@ -48,10 +49,24 @@ def _preset(budget: NutsBudget, num_warmup: int = 30, num_samples: int = 20):
     )
 
 
-def test_every_preset_has_a_nuts_budget():
+def test_every_preset_has_a_budget_for_every_method():
     for preset in PRESETS.values():
         assert preset.nuts_budget.max_grad_evals is not None, preset.name
         assert preset.nuts_budget.max_seconds is not None, preset.name
+        assert preset.fit.num_steps is not None and preset.fit.max_seconds is not None
+
+
+def test_a_fit_stopped_at_its_time_budget_says_so_in_its_verdict():
+    budget = "time limit of 600 s reached after 812 steps"
+    record = {
+        "diagnostics": {"converged": False, "budget": budget},
+        "metrics": {},
+        "summary": {"x": {"mean": 0.0, "sd": 1.0}},
+    }
+    line = verdict("mean_field", record, reference=None)
+    assert line == f"stopped at its budget: {budget}"
+    del record["diagnostics"]["budget"]
+    assert verdict("mean_field", record, reference=None) == "optimizer did not converge"
 
 
 def test_nuts_whose_trees_hit_the_maximum_depth_is_stopped_with_a_verdict():
