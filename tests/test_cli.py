@@ -334,6 +334,7 @@ def test_fit_of_a_point_estimate_writes_a_report(workdir, capsys, tiny_smoke):
     assert (workdir / "fit" / "index.html").is_file()
 
 
+@pytest.mark.slow  # three small comparisons and an amortized fit: 12 s
 def test_choosing_k_and_fitting_an_amortized_guide(workdir, capsys, tiny_smoke):
     code, out, err = _zoo(
         [

@@ -88,7 +88,16 @@ def test_block_parser():
     assert python_blocks(text) == [(2, "a = 1\n"), (11, "c = [\n```\n]\n"), (16, "d = 4\n")]
 
 
-@pytest.mark.parametrize("path", PAGES, ids=_id)
+#: Pages whose examples run a whole comparison or a network fit: the slow lane. Seconds seen
+#: on 2 idle cores: README 37, amortized 18, gmm 10, comparisons 9, ppca 9.
+SLOW_PAGES = {"README.md", "amortized.md", "gmm.md", "comparisons.md", "ppca.md"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW_PAGES else p for p in PAGES],
+    ids=_id,
+)
 def test_examples_run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run the file's python blocks in order in one namespace, in a temporary folder.
 

@@ -176,6 +176,7 @@ def test_every_method_has_a_log_likelihood_group_that_loo_can_use(ran):
 # --------------------------------------------------------------------------- reproducibility
 
 
+@pytest.mark.slow  # a second whole comparison: 12 s
 def test_same_seed_gives_the_same_results(ran):
     out_dir, results = ran
     with numerics():

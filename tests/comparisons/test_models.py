@@ -43,6 +43,7 @@ def gmm_run(tmp_path_factory):
     return _compared(tmp_path_factory, "gmm", _mixture)
 
 
+@pytest.mark.slow  # its fixture runs every method of a mixture: 30 s on 2 idle cores
 def test_mixture_comparison_writes_every_method_and_the_components_figure(gmm_run):
     out_dir, results = gmm_run
     validate(results)
@@ -95,6 +96,7 @@ def ppca_run(tmp_path_factory):
     return _compared(tmp_path_factory, "ppca", _ppca)
 
 
+@pytest.mark.slow  # its fixture runs every method of PPCA: 34 s on 2 idle cores
 def test_ppca_comparison_judges_on_identified_quantities(ppca_run):
     out_dir, results = ppca_run
     validate(results)
@@ -185,6 +187,7 @@ def test_parse_ks():
             parse_ks(bad)
 
 
+@pytest.mark.slow  # three K, each a small comparison: 15 s
 def test_selection_merges_methods_per_k(tmp_path):
     frame, _ = gmm.simulate(0, num_components=2, num_data=50, num_features=1, separation=8.0)
     out_dir = tmp_path / "sel"
