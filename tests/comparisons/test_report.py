@@ -438,3 +438,14 @@ def test_a_method_far_wider_than_the_others_does_not_set_the_marginal_window():
     # The reference sets the window even when it is the wide one.
     assert report._window(values, "laplace")[2] == []
     assert report._window({"delta": np.array([1.0])}, None) is None
+
+
+def test_a_one_entry_objective_trace_read_back_from_netcdf_is_drawn(tmp_path):
+    """netCDF gives a one-entry attribute back as a scalar (an L-BFGS fit that stopped at its
+    start); the traces figure drew it with len() and crashed the mixture's report."""
+    idata = _idata({"a": np.zeros((1, 3))}, sites=["a"], elbo=np.array([-12.5]))
+    idata.to_netcdf(str(tmp_path / "delta.nc"), engine="h5netcdf")
+    back = az.from_netcdf(str(tmp_path / "delta.nc"), engine="h5netcdf")
+    assert np.ndim(back.posterior.attrs["elbo"]) == 0
+    assert report.plot_elbo({"delta": back}, tmp_path / "elbo.png") is not None
+    assert (tmp_path / "elbo.png").is_file()
