@@ -21,12 +21,18 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/zoo compare linear_regression --dataset kidiq --preset smoke --out-dir reports/demo
 
+# Each test runs on one torch thread (tests/helpers.py), so the suite runs in TEST_WORKERS
+# processes (pytest-xdist), one per core of the 2-core CI machine; a test file stays on one
+# worker (README's commands run in order, `zoo report` after the run it re-renders).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 # The fast lane: every test but those marked slow.
 test-fast: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_linear_regression.py

@@ -30,11 +30,12 @@ def _mixture():
     return gmm.make_posterior(frame, num_components=2, test_fraction=0.2, truth=truth)
 
 
-def _compared(tmp_path_factory, name: str, make) -> tuple:
-    """Every default method of ``make()`` under the tiny preset: (out_dir, results)."""
+def _compared(tmp_path_factory, name: str, make, methods=None) -> tuple:
+    """The ``methods`` (default: every default method) of ``make()`` under the tiny preset:
+    (out_dir, results)."""
     out_dir = tmp_path_factory.mktemp(name) / "out"
     with numerics():
-        compare(make(), preset=TINY, seed=0, out_dir=out_dir)
+        compare(make(), methods=methods, preset=TINY, seed=0, out_dir=out_dir)
     return out_dir, json.loads((out_dir / "results.json").read_text())
 
 
@@ -67,6 +68,7 @@ def test_mixture_comparison_writes_every_method_and_the_components_figure(gmm_ru
     assert em["converged"] is True and "bic" in em
 
 
+@pytest.mark.slow  # shares the fixture above (every method of a mixture)
 def test_mixture_log_likelihood_is_the_marginal_one(gmm_run):
     """The pointwise log-likelihood of every method sums the assignment out: at a draw it is
     the mixture density of the row (numpy), for fitted and held-out rows."""
@@ -93,7 +95,9 @@ def _ppca():
 
 @pytest.fixture(scope="module")
 def ppca_run(tmp_path_factory):
-    return _compared(tmp_path_factory, "ppca", _ppca)
+    # NUTS, left out of PPCA's defaults where K >= 2, is asked for: the reference here.
+    methods = ["nuts", *_ppca().default_methods]
+    return _compared(tmp_path_factory, "ppca", _ppca, methods)
 
 
 @pytest.mark.slow  # its fixture runs every method of PPCA: 34 s on 2 idle cores
@@ -141,6 +145,7 @@ def test_ppca_comparison_judges_on_identified_quantities(ppca_run):
     assert "raw parameters R-hat" in nuts["verdict"]
 
 
+@pytest.mark.slow  # shares the fixture above (every method of PPCA)
 @pytest.mark.parametrize("method", ["delta", "mean_field", "laplace"])
 def test_ppca_accuracy_is_measured_on_identified_quantities_not_loadings(ppca_run, method):
     _, results = ppca_run
@@ -158,12 +163,21 @@ def test_ppca_accuracy_is_measured_on_identified_quantities_not_loadings(ppca_ru
     assert metrics["sd_ratio_max"] == pytest.approx(max(ratios), rel=1e-12)
 
 
+@pytest.mark.slow  # shares the fixture above (every method of PPCA)
 def test_amortized_writes_its_latent_means(ppca_run):
     out_dir, results = ppca_run
     idata = az.from_netcdf(str(out_dir / "amortized.nc"), engine="h5netcdf")
     z = idata.constant_data["z_mean"]
     assert z.dims == ("obs", "latent") and z.shape == (48, 2)
     assert results["methods"]["amortized"]["diagnostics"]["global_guide"] == "delta"
+
+
+def test_ppca_leaves_nuts_out_of_the_defaults_where_w_has_rotations():
+    """K >= 2: NUTS wanders over W's rotations, over the smoke budget on iris; K = 1 keeps it."""
+    two = ppca.make_posterior("iris", latent_dim=2)
+    assert "nuts" not in two.default_methods and "rotations" in two.description["methods"]
+    one = ppca.make_posterior("iris", latent_dim=1)
+    assert one.default_methods is None and "methods" not in one.description
 
 
 def test_ppca_on_digits_leaves_nuts_out_of_the_defaults_and_judges_against_ml():

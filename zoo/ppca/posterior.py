@@ -36,8 +36,26 @@ CLOSED_FORM_HINTS = {
 #: C = W W^T + sigma^2 I, sigma, entries of C (``cov[a,b]``) and the mean.
 IDENTIFIED_SITES = ("eigenvalues", "sigma", "cov", "mean")
 
-#: Latent parameters above which NUTS is left out of the default methods.
+#: Latent parameters above which NUTS is left out of the default methods (it is left out too
+#: wherever W has rotations, K >= 2: see :func:`_nuts_left_out`).
 NUTS_MAX_PARAMETERS = 100
+
+
+def _nuts_left_out(latent_dim: int, num_latent: int) -> str:
+    """Why NUTS is not among the default methods. With K >= 2 NUTS wanders along the
+    rotations of W, which only the prior bounds, with trees of depth 7 to 8 (160 to 260
+    gradient evaluations an iteration): seen with the smoke preset's 2 x 1000 iterations,
+    iris (13 parameters) needed 325,000 gradient evaluations, simulated (31) 513,000, over
+    the preset's NUTS budget of 200,000, which stopped it after 3 to 4 minutes with nothing
+    judged; digits (385) takes about 7 minutes for smoke and 30 for full."""
+    why = f"{num_latent} parameters"
+    if latent_dim >= 2:
+        why += f", W identified only up to rotations of its K = {latent_dim} columns"
+    return (
+        f"nuts left out of the defaults ({why}: it needs minutes to tens of minutes, often"
+        " more than a preset's NUTS budget); ask for it with --methods nuts,... and judge the"
+        " others against ml meanwhile"
+    )
 
 
 def make_posterior(
@@ -184,10 +202,7 @@ def make_posterior(
     }
     default_methods = None
     num_latent = num_features * latent_dim + num_features + 1
-    if num_latent > NUTS_MAX_PARAMETERS:
-        # NUTS wanders over the rotations of W with trees of depth 6-7; seen on digits
-        # (385 parameters, 2 cores): 0.2 s an iteration, about 7 minutes for the smoke
-        # preset and 30 for the full one. It stays available by name.
+    if latent_dim >= 2 or num_latent > NUTS_MAX_PARAMETERS:
         default_methods = (
             "ml",
             "em",
@@ -198,10 +213,7 @@ def make_posterior(
             "full_rank",
             "amortized",
         )
-        description["methods"] = (
-            f"nuts left out of the defaults ({num_latent} parameters: minutes to tens of"
-            " minutes); ask for it with --methods nuts,..."
-        )
+        description["methods"] = _nuts_left_out(latent_dim, num_latent)
     return Posterior(
         model_name="ppca",
         dataset=dataset_name,
