@@ -72,20 +72,27 @@ class Preset:
     nuts_budget: NutsBudget = field(default_factory=NutsBudget)
 
 
-#: The NUTS budgets leave room over the costliest healthy runs seen: with the smoke preset,
-#: kidiq with the raw intercept took 117,471 gradient evaluations (2 chains), iris with
-#: K = 4 about 15,000 a chain; full runs 4 chains of twice the iterations. The seconds are
-#: a safety net only (that kidiq run took 604 s on 2 cores shared with five other jobs), as
-#: are the fits' (the slowest smoke guide on kidiq, flow, took 33 s there).
+#: The NUTS budgets leave room over the costliest healthy runs seen: with 2 chains of
+#: 500 + 500, kidiq with the raw intercept took 117,471 gradient evaluations, iris with
+#: K = 4 about 15,000 a chain; the smoke preset's 4 chains of 300 + 300 take 1.6 to 1.7
+#: times as many (kidiq centered: 37,800 against 22,000-24,700, seeds 0-2); full runs 4
+#: chains of 1000 + 1000. The seconds are a safety net only (the raw kidiq run took 604 s on
+#: 2 cores shared with five other jobs), as are the fits' (the slowest smoke guide on kidiq,
+#: flow, took 33 s there).
+#:
+#: Smoke runs 4 short chains rather than 2 longer ones: R-hat compares chains, and from 2 it
+#: is noisy. On kidiq (centered, seeds 0-2) 2 x 500 gave R-hat 1.0102, 1.0089, 1.0007 (the
+#: first fails the reference check, 1.01, with a bulk ESS of 766); 4 x 300 gave 1.0039,
+#: 1.0040, 1.0048 with bulk ESS 928-1042, for 1.45 times the wall time.
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         "smoke",
-        num_chains=2,
-        num_warmup=500,
-        num_samples=500,
+        num_chains=4,
+        num_warmup=300,
+        num_samples=300,
         num_draws=2000,
         fit=FitConfig(num_steps=3000, min_steps=400, window=100, max_seconds=600),
-        nuts_budget=NutsBudget(max_grad_evals=200_000, max_seconds=1800),
+        nuts_budget=NutsBudget(max_grad_evals=300_000, max_seconds=1800),
     ),
     "full": Preset(
         "full",

@@ -44,10 +44,11 @@ NUTS_MAX_PARAMETERS = 100
 def _nuts_left_out(latent_dim: int, num_latent: int) -> str:
     """Why NUTS is not among the default methods. With K >= 2 NUTS wanders along the
     rotations of W, which only the prior bounds, with trees of depth 7 to 8 (160 to 260
-    gradient evaluations an iteration): seen with the smoke preset's 2 x 1000 iterations,
-    iris (13 parameters) needed 325,000 gradient evaluations, simulated (31) 513,000, over
-    the preset's NUTS budget of 200,000, which stopped it after 3 to 4 minutes with nothing
-    judged; digits (385) takes about 7 minutes for smoke and 30 for full."""
+    gradient evaluations an iteration): seen with 2 chains of 500 + 500, iris (13
+    parameters) needed 325,000 gradient evaluations, simulated (31) 513,000, more than the
+    smoke budget (then 200,000, which stopped it after 3 to 4 minutes with nothing judged;
+    300,000 today, for 2400 iterations); digits (385) takes about 7 minutes for 2 x 1000
+    iterations and 30 for the full preset."""
     why = f"{num_latent} parameters"
     if latent_dim >= 2:
         why += f", W identified only up to rotations of its K = {latent_dim} columns"
