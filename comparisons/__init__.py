@@ -21,6 +21,7 @@ warnings.filterwarnings("ignore", message="\nArviZ is undergoing", category=Futu
 if TYPE_CHECKING:
     from comparisons.compare import Comparison, compare
     from comparisons.runners import PRESETS, MethodRun, Preset, available_methods
+    from comparisons.schema import results_schema, validate_results
 
 #: Names served from a submodule on first use.
 _LAZY = {
@@ -30,9 +31,20 @@ _LAZY = {
     "MethodRun": "comparisons.runners",
     "Preset": "comparisons.runners",
     "available_methods": "comparisons.runners",
+    "results_schema": "comparisons.schema",
+    "validate_results": "comparisons.schema",
 }
 
-__all__ = ["PRESETS", "Comparison", "MethodRun", "Preset", "available_methods", "compare"]
+__all__ = [
+    "PRESETS",
+    "Comparison",
+    "MethodRun",
+    "Preset",
+    "available_methods",
+    "compare",
+    "results_schema",
+    "validate_results",
+]
 
 
 def __getattr__(name: str) -> object:

@@ -18,6 +18,7 @@ from pyro import poutine
 
 from comparisons.runners import MethodRun
 from zoo import Posterior
+from zoo.tensors import to_numpy
 
 #: Numbers per vectorized trace (draws x data values). Small passes are faster, not only
 #: leaner: on PPCA of digits (2000 draws x 1438 rows x 64) 2e7 a pass took 8.7 s, 6.1 of
@@ -72,16 +73,16 @@ def push_forward(
                 continue
             value = site["value"]
             if site.get("infer", {}).get("_deterministic"):
-                out[name] = value.reshape((num,) + tuple(value.shape[1 + m :])).numpy()
+                out[name] = to_numpy(value.reshape((num,) + tuple(value.shape[1 + m :])))
             elif name == posterior.obs_site:
                 lp = site["fn"].log_prob(value)
-                out["log_lik"] = lp.expand(site["fn"].batch_shape).reshape(num, -1).numpy()
+                out["log_lik"] = to_numpy(lp.expand(site["fn"].batch_shape).reshape(num, -1))
                 if posterior.obs_site not in data:
                     event = value.shape[value.dim() - site["fn"].event_dim :]
-                    out[name] = value.reshape((num, -1, *event)).numpy()
+                    out[name] = to_numpy(value.reshape((num, -1, *event)))
         if mean:
             ret = tr.nodes["_RETURN"]["value"]
-            out["_mean"] = ret.expand(num, ret.shape[-1]).numpy()
+            out["_mean"] = to_numpy(ret.expand(num, ret.shape[-1]))
         for k, v in out.items():
             pieces.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in pieces.items()}
@@ -168,7 +169,7 @@ def to_inference_data(
     )
     # The observation has its own dims ((obs, feature) for a table of features), which ArviZ
     # cannot tell apart from those of the log-likelihood of the same name: a group of its own.
-    observed = posterior.data[obs].numpy()
+    observed = to_numpy(posterior.data[obs])
     obs_dims = ["obs"]
     if observed.ndim == 2:
         named = "feature" in coords and len(coords["feature"]) == observed.shape[1]

@@ -16,8 +16,9 @@ import pyro
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import init_to_median, init_to_value
 
-from guides import GUIDES, FitConfig, FitError, draw, fit_guide, get_guide
-from zoo import Posterior, ZooInputError, get_model
+from guides import ALIASES, GUIDES, FitConfig, FitError, draw, fit_guide, get_guide
+from zoo import MODELS, Posterior, ZooInputError, get_model
+from zoo.tensors import to_numpy
 
 
 @dataclass(frozen=True)
@@ -287,7 +288,7 @@ def run_nuts(
                 mcmc.run(**posterior.data)
             except _Stopped as stop:
                 return _stopped_nuts(str(stop), kernel, guard, preset)
-        chains.append({k: v.detach().numpy() for k, v in mcmc.get_samples().items()})
+        chains.append({k: to_numpy(v) for k, v in mcmc.get_samples().items()})
         kept = kernel.per_draw[-preset.num_samples :]
         stats["n_steps"].append(np.array([s[0] for s in kept]))
         stats["diverging"].append(np.array([s[1] for s in kept]))
@@ -379,7 +380,7 @@ def run_svi(
         point = not has_density
         x = posterior.data[posterior.local.input]
         per_row[f"{posterior.local.site}_mean"] = (
-            result.guide.latent_means(x).numpy(),
+            to_numpy(result.guide.latent_means(x)),
             ("obs", "latent"),
         )
     num_draws = 1 if point else preset.num_draws
@@ -464,9 +465,10 @@ def resolve_methods(posterior: Posterior, names: list[str] | None) -> list[str]:
         return [m for m in available if m in posterior.default_methods]
     spec = get_model(posterior.model_name)
     resolved: list[str] = []
-    known = {"nuts", "exact", "ml", "em", *GUIDES, "map"}
+    # Every method some model has, so that a known name gets the reason it does not apply.
+    known = {"nuts", *GUIDES, *(m for model in MODELS.values() for m in model.closed_forms)}
     for raw in names:
-        name = "delta" if raw == "map" else raw
+        name = ALIASES.get(raw, raw)
         if name not in known:
             raise ZooInputError(f"unknown method '{raw}'; choose from: {', '.join(available)}")
         if name not in available:

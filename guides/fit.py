@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from guides.laplace import LaplaceGuide, flat_threshold
 from guides.registry import INITS, get_guide
 from zoo import LocalLatents, Posterior, ZooInputError
+from zoo.tensors import to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -1089,8 +1090,8 @@ def draw(
             value = site["value"].reshape(
                 (num,) + tuple(site["value"].shape[1 + max_plate_nesting :])
             )
-            pieces.setdefault(name, []).append(value.detach().numpy())
-        weights.append(log_w.reshape(num).detach().numpy())
+            pieces.setdefault(name, []).append(to_numpy(value))
+        weights.append(to_numpy(log_w.reshape(num)))
     return {k: np.concatenate(v) for k, v in pieces.items()}, np.concatenate(weights)
 
 

@@ -3,19 +3,15 @@ fixtures), the results.json schema check, and a preset that exercises every code
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import jsonschema
 import pyro
 import torch
 
-from comparisons import Preset
+from comparisons import Preset, results_schema, validate_results
 from guides import FitConfig
-
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "shared" / "results.schema.json"
 
 #: Enough work for every code path, far too little for accuracy: tests with it check
 #: plumbing and exact identities (reference = itself, point = no spread), never closeness.
@@ -49,8 +45,7 @@ def numerics() -> Iterator[None]:
 
 
 def validate(results: dict) -> None:
-    """results.json (as a dict) against ../shared/results.schema.json."""
-    assert SCHEMA_PATH.is_file(), f"results schema not found at {SCHEMA_PATH}"
-    schema = json.loads(SCHEMA_PATH.read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    jsonschema.Draft202012Validator(schema).validate(results)
+    """results.json (as a dict) against the schema the package ships (its agreement with the
+    contract, ../shared/results.schema.json, is tests/comparisons/test_schema.py's)."""
+    jsonschema.Draft202012Validator.check_schema(results_schema())
+    validate_results(results)

@@ -75,8 +75,12 @@ def ran(tmp_path_factory) -> tuple[Path, dict]:
     """Every method that applies, seed 0, written to an out-dir; results.json as read back."""
     out_dir = tmp_path_factory.mktemp("compare") / "out"
     with numerics():
-        compare(_posterior(), preset=TINY, seed=0, out_dir=out_dir)
-    return out_dir, json.loads((out_dir / "results.json").read_text())
+        comparison = compare(_posterior(), preset=TINY, seed=0, out_dir=out_dir)
+    results = json.loads((out_dir / "results.json").read_text())
+    # Written once, after every number is known: the file is the returned results.
+    assert results == json.loads(json.dumps(comparison.results))
+    assert comparison.write_s > 0.0 and "report_s" not in results["timings"]
+    return out_dir, results
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +117,8 @@ def test_out_dir_holds_report_results_netcdf_and_figures(ran):
     assert 'src="figures/' not in page
     for method in methods:
         assert f"<th>{method}</th>" in page
+    # The page is rendered from the results.json beside it: the same timings.
+    assert f"total_s: {results['timings']['total_s']:.2f}" in html.unescape(page)
 
 
 def test_results_json_validates_against_the_schema(ran):

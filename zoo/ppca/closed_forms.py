@@ -13,6 +13,7 @@ import scipy.linalg
 import torch
 
 from zoo.errors import ZooInputError
+from zoo.tensors import to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -246,4 +247,4 @@ def linear_autoencoder(
         optimizer.step()
         schedule.step()
     logger.debug("linear autoencoder: final loss %.6g", loss.item())
-    return w.detach().numpy().copy()
+    return to_numpy(w).copy()

@@ -1,0 +1,26 @@
+"""The results.json schema ships inside the package (a clone validates without ../shared),
+and that copy is the contract of DESIGN.md section 3, ``../shared/results.schema.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from comparisons import results_schema, validate_results
+
+CONTRACT = Path(__file__).resolve().parents[3] / "shared" / "results.schema.json"
+
+
+def test_the_shipped_schema_is_the_contract():
+    if not CONTRACT.is_file():  # a user's clone alone; CI checks ../shared out beside it
+        pytest.skip(f"the contract {CONTRACT} is not beside this clone")
+    assert results_schema() == json.loads(CONTRACT.read_text())
+
+
+def test_validate_results_rejects_what_the_schema_does():
+    jsonschema.Draft202012Validator.check_schema(results_schema())
+    with pytest.raises(jsonschema.ValidationError):
+        validate_results({"schema": 1})
