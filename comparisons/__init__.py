@@ -7,11 +7,10 @@ without torch or ArviZ); ``compare``, ``Preset`` and the rest are imported on fi
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
 import warnings
 from typing import TYPE_CHECKING
+
+from zoo.lazy import lazy_names
 
 # ArviZ 0.23 announces its 1.x refactor once a day on import; 1.x needs Python 3.12 and cannot
 # apply here, so the notice would only confuse a user of the zoo command. The filter is set
@@ -47,27 +46,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'comparisons' has no attribute '{name}'")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
-
-
-class _Package(types.ModuleType):
-    """The package ``comparisons``, whose name ``compare`` is the function
-    :func:`comparisons.compare.compare`: importing the submodule binds the submodule to that
-    name, and the binding keeps the function instead (as the eager import used to)."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name == "compare" and isinstance(value, types.ModuleType):
-            value = value.compare
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, functions=("compare",))

@@ -345,15 +345,22 @@ def _run(args: argparse.Namespace, ks: list[int] | None, out_dir: Path) -> int:
         posterior,
         methods=methods,
         reference=reference,
-        seed=args.seed,
-        preset=_preset(args, spec, posterior.num_data),
-        out_dir=out_dir,
-        progress=_progress(args),
-        on_method=_print_finished,
+        **_run_options(args, spec, posterior.num_data, out_dir),
     )
     _print_methods(result.results)
     print(f"report: {out_dir / 'index.html'}")
     return 0
+
+
+def _run_options(args: argparse.Namespace, spec, num_data: int, out_dir: Path) -> dict:
+    """The keyword arguments that ``compare`` and ``select_components`` take alike."""
+    return {
+        "seed": args.seed,
+        "preset": _preset(args, spec, num_data),
+        "out_dir": out_dir,
+        "progress": _progress(args),
+        "on_method": _print_finished,
+    }
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -426,11 +433,7 @@ def _select(args: argparse.Namespace, ks: list[int], out_dir: Path) -> int:
         lambda k: first if k == ks[0] else _posterior(args, num_components=k)[1],
         ks,
         methods=methods,
-        seed=args.seed,
-        preset=_preset(args, spec, first.num_data),
-        out_dir=out_dir,
-        progress=_progress(args),
-        on_method=_print_finished,
+        **_run_options(args, spec, first.num_data, out_dir),
     )
     _print_methods(result.results)
     chosen = result.results["selection"]["chosen"]

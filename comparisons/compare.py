@@ -23,8 +23,7 @@ import numpy as np
 
 from comparisons import metrics as M
 from comparisons.convert import to_inference_data
-from comparisons.inputs import check_seed
-from comparisons.inputs import check_writable as _check_writable
+from comparisons.inputs import check_seed, check_writable
 from comparisons.runners import PRESETS, MethodRun, Preset, resolve_methods, run_method
 from zoo import Posterior, ZooInputError
 
@@ -216,7 +215,7 @@ def compare(
         # The reference runs first: the others' labels are matched against its draws.
         chosen = [reference, *(m for m in chosen if m != reference)]
     if out_dir is not None:
-        _check_writable(Path(out_dir))
+        check_writable(Path(out_dir))
     timings = {"methods_s": 0.0, "conversion_s": 0.0, "metrics_s": 0.0}
     runs: dict[str, MethodRun] = {}
     idatas: dict[str, az.InferenceData] = {}

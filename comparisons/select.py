@@ -15,14 +15,8 @@ from pathlib import Path
 
 import arviz as az
 
-from comparisons.compare import (
-    Comparison,
-    OnMethod,
-    _check_writable,
-    compare,
-    write,
-)
-from comparisons.inputs import check_seed, parse_ks
+from comparisons.compare import Comparison, OnMethod, compare, write
+from comparisons.inputs import check_seed, check_writable, parse_ks
 from comparisons.metrics import KHAT_BAD, reference_status
 from comparisons.runners import Preset
 from zoo import Posterior, ZooInputError
@@ -83,7 +77,7 @@ def select_components(
     methods = list(methods or SELECTION_METHODS)
     seed = check_seed(seed)
     if out_dir is not None:
-        _check_writable(Path(out_dir))
+        check_writable(Path(out_dir))
     posteriors = {k: make_posterior(k) for k in ks}  # bad input fails before any fit
     start = time.perf_counter()
     per_k: dict[int, Comparison] = {}

@@ -8,12 +8,10 @@ fitting loop, which need torch, are imported on first use.
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
 from typing import TYPE_CHECKING
 
 from guides.registry import ALIASES, GUIDES, GuideSpec, get_guide
+from zoo.lazy import lazy_names
 
 if TYPE_CHECKING:
     from guides.amortized import AmortizedGuide
@@ -51,30 +49,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'guides' has no attribute '{name}'")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
-
-
-class _Package(types.ModuleType):
-    """The package ``guides``, whose name ``fit`` is the function :func:`guides.fit.fit`.
-
-    Importing the submodule ``guides.fit`` binds the submodule to the package's ``fit``; an
-    eager ``from guides.fit import fit`` here used to rebind it, a lazy import cannot, so the
-    binding itself keeps the function.
-    """
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name == "fit" and isinstance(value, types.ModuleType):
-            value = value.fit
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, functions=("fit",))

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+
+def bind(fn: Callable[..., object], **options: object) -> Callable[..., object]:
+    """``fn`` with its model options bound (called as ``bound(**data)``), keeping its name and
+    docstring for traces and error messages."""
+    bound = functools.partial(fn, **options)
+    functools.update_wrapper(bound, fn)
+    return bound
 
 
 @dataclass(frozen=True)

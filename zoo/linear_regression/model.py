@@ -14,8 +14,9 @@ import torch
 from torch.distributions.transforms import PowerTransform
 
 from zoo.errors import ZooInputError
+from zoo.priors import SCALE_PRIORS, scale_prior
 
-SIGMA_PRIORS = ("exponential", "half_normal", "half_cauchy")
+SIGMA_PRIORS = SCALE_PRIORS
 
 
 PRIOR_FAMILIES = ("weakly_informative", "conjugate", "flat")
@@ -82,11 +83,7 @@ def _sigma_distribution(priors: Priors, dtype: torch.dtype) -> dist.Distribution
         return dist.TransformedDistribution(
             variance, [PowerTransform(torch.tensor(0.5, dtype=dtype))]
         )
-    if priors.sigma_prior == "exponential":
-        return dist.Exponential(1.0 / scale)
-    if priors.sigma_prior == "half_normal":
-        return dist.HalfNormal(scale)
-    return dist.HalfCauchy(scale)
+    return scale_prior(priors.sigma_prior, scale)
 
 
 def _flat(dtype: torch.dtype, event_shape: tuple[int, ...] = ()) -> dist.Distribution:

@@ -18,7 +18,7 @@ from zoo.errors import ZooInputError
 from zoo.linear_regression.data import DATASETS, load_dataset
 from zoo.linear_regression.exact import ExactPosterior, exact_posterior
 from zoo.linear_regression.model import default_priors, model
-from zoo.posterior import ClosedForm, Posterior, PredictiveGrid
+from zoo.posterior import ClosedForm, Posterior, PredictiveGrid, bind
 
 
 def _design(
@@ -180,10 +180,7 @@ def make_posterior(
     )
     x_mean = x.mean(0)
     tensor = functools.partial(torch.as_tensor, dtype=torch.get_default_dtype())
-    bound = functools.partial(
-        model, priors=priors, x_mean=tensor(x_mean), center=center, intercept=intercept
-    )
-    functools.update_wrapper(bound, model)
+    bound = bind(model, priors=priors, x_mean=tensor(x_mean), center=center, intercept=intercept)
 
     sites = (
         (("intercept",) if intercept else ())

@@ -16,8 +16,9 @@ import pyro.distributions as dist
 import torch
 
 from zoo.errors import ZooInputError
+from zoo.priors import SCALE_PRIORS, scale_prior
 
-SIGMA_PRIORS = ("exponential", "half_normal", "half_cauchy")
+SIGMA_PRIORS = SCALE_PRIORS
 
 
 SITES = ("loadings", "mean", "sigma")
@@ -138,12 +139,9 @@ def default_priors(
 
 
 def _sigma_distribution(priors: Priors, dtype: torch.dtype, device) -> dist.Distribution:
-    scale = torch.tensor(priors.sigma_scale, dtype=dtype, device=device)
-    if priors.sigma_prior == "exponential":
-        return dist.Exponential(1.0 / scale)
-    if priors.sigma_prior == "half_normal":
-        return dist.HalfNormal(scale)
-    return dist.HalfCauchy(scale)
+    return scale_prior(
+        priors.sigma_prior, torch.tensor(priors.sigma_scale, dtype=dtype, device=device)
+    )
 
 
 def _num_rows(x: torch.Tensor | None, num_data: int | None, priors: Priors) -> tuple:

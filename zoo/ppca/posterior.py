@@ -14,7 +14,7 @@ import torch
 
 from zoo.datasets import numeric_columns, read_csv, split_rows
 from zoo.errors import ZooInputError
-from zoo.posterior import ClosedForm, LocalLatents, Posterior
+from zoo.posterior import ClosedForm, LocalLatents, Posterior, bind
 from zoo.ppca.closed_forms import PPCAFit, fit_em, fit_ml
 from zoo.ppca.data import DATASETS, _check_numeric, _feature_text, _looks_like_path, load_dataset
 from zoo.ppca.metrics import cov_entries, cov_entry_names, covariance_metrics, identified
@@ -177,12 +177,9 @@ def make_posterior(
         scale_floor=scale_floor,
     )
     tensor = functools.partial(torch.as_tensor, dtype=torch.get_default_dtype())
-    bound = functools.partial(model, latent_dim=latent_dim, priors=priors)
-    functools.update_wrapper(bound, model)
-    bound_summary = functools.partial(summary_model, latent_dim=latent_dim, priors=priors)
-    functools.update_wrapper(bound_summary, summary_model)
-    bound_local = functools.partial(local_model, latent_dim=latent_dim, priors=priors)
-    functools.update_wrapper(bound_local, local_model)
+    bound = bind(model, latent_dim=latent_dim, priors=priors)
+    bound_summary = bind(summary_model, latent_dim=latent_dim, priors=priors)
+    bound_local = bind(local_model, latent_dim=latent_dim, priors=priors)
 
     closed_forms: dict[str, Callable[[int, int], ClosedForm]] = {}
     if len(x) > num_features:
