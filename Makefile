@@ -22,10 +22,10 @@ demo: $(VENV)/.installed
 	$(BIN)/zoo compare linear_regression --dataset kidiq --preset smoke --out-dir reports/demo
 
 # Each test runs on one torch thread (tests/helpers.py), so the suite runs in TEST_WORKERS
-# processes (pytest-xdist), one per core of the 2-core CI machine; the tests of a file share
-# a worker, except the README's commands, grouped by the folder they write (tests/conftest.py).
+# processes (pytest-xdist), one per core of the 2-core CI machine; the tests of a file share a
+# worker (a module's fixture runs once; the README's commands run in order).
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test: $(VENV)/.installed-test
 	$(PYTEST)

@@ -1,10 +1,9 @@
 """Test set-up shared by every test: float64, one thread, validation on, a clean param store
 and a fixed seed (STYLE.md, "Tests"); the settings themselves are ``helpers.numerics``.
 
-Under pytest-xdist (``make test``: ``--dist loadgroup``) the tests of one file share a worker,
-so that a module-scoped fixture (a whole comparison) runs once, unless a test names its own
-``xdist_group`` (the README's commands: one group per folder they write, so that they spread
-over the workers and ``zoo report DIR`` follows the runs that write DIR)."""
+Under pytest-xdist (``make test``: ``--dist loadfile``) the tests of one file share a worker,
+so that a module-scoped fixture (a whole comparison) runs once and the README's commands run
+in order (``zoo report DIR`` after the runs that write DIR)."""
 
 from __future__ import annotations
 
@@ -16,9 +15,3 @@ from helpers import numerics
 def _pyro_setup():
     with numerics():
         yield
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))

@@ -129,17 +129,8 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str, str]:
     return code, out, err, seconds
 
 
-def _grouped(argv: list[str]):
-    """A command as a test parameter in the xdist group of the folder it writes or reads."""
-    args = build_parser().parse_args(argv[1:])
-    folder = _out_dir(argv) or getattr(args, "dir", None) or "none"
-    return pytest.param(
-        argv, id=shlex.join(argv[1:]), marks=pytest.mark.xdist_group(f"readme:{folder}")
-    )
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("argv", [_grouped(c) for c in COMMANDS])
+@pytest.mark.parametrize("argv", COMMANDS, ids=[shlex.join(c[1:]) for c in COMMANDS])
 def test_readme_command_runs_as_written(argv, workspace, capsys):
     text = shlex.join(argv)
     args = build_parser().parse_args(argv[1:])
