@@ -19,6 +19,7 @@ from zoo.ppca.closed_forms import PPCAFit, fit_em, fit_ml
 from zoo.ppca.data import DATASETS, _check_numeric, _feature_text, _looks_like_path, load_dataset
 from zoo.ppca.metrics import cov_entries, cov_entry_names, covariance_metrics, identified
 from zoo.ppca.model import SITES, default_priors, local_model, model, summary_model
+from zoo.registry import get_model
 
 logger = logging.getLogger(__name__)
 
@@ -201,16 +202,8 @@ def make_posterior(
     default_methods = None
     num_latent = num_features * latent_dim + num_features + 1
     if latent_dim >= 2 or num_latent > NUTS_MAX_PARAMETERS:
-        default_methods = (
-            "ml",
-            "em",
-            "delta",
-            "laplace",
-            "mean_field",
-            "low_rank",
-            "full_rank",
-            "amortized",
-        )
+        spec = get_model("ppca")  # every method of the model but NUTS
+        default_methods = (*spec.closed_forms, *spec.guides)
         description["methods"] = _nuts_left_out(latent_dim, num_latent)
     return Posterior(
         model_name="ppca",
