@@ -417,7 +417,7 @@ def _read_only(folder: Path) -> Path:
 @pytest.mark.parametrize("case", list(BAD_OUT_DIR))
 def test_an_out_dir_that_cannot_be_written_is_one_line_before_any_work(case, workdir, capsys):
     if case == "read-only folder" and os.geteuid() == 0:
-        pytest.skip("root writes into a read-only folder; the other cases run as root")
+        pytest.skip(reason="root writes into a read-only folder; the other cases run as root")
     out_dir = BAD_OUT_DIR[case](workdir)
     before = _snapshot(workdir)
     # A reference that needs work (NUTS on kidiq) if the check came after it.

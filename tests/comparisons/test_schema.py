@@ -16,7 +16,7 @@ CONTRACT = Path(__file__).resolve().parents[3] / "shared" / "results.schema.json
 
 def test_the_shipped_schema_is_the_contract():
     if not CONTRACT.is_file():  # a user's clone alone; CI checks ../shared out beside it
-        pytest.skip(f"the contract {CONTRACT} is not beside this clone")
+        pytest.skip(reason=f"the contract {CONTRACT} is not beside this clone")
     assert results_schema() == json.loads(CONTRACT.read_text())
 
 
