@@ -60,6 +60,21 @@ def _seed(text: str) -> int:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options shared by ``zoo compare`` and ``zoo fit`` (in the order --help lists them)."""
+    _add_data_options(p)
+    _add_run_settings(p)
+    _add_model_options(p)
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars of NUTS and the fits (default: on when stderr is a terminal)",
+    )
+    _add_regression_options(p.add_argument_group("linear_regression"))
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """The model and its data: a built-in data set or a CSV, its response and predictors."""
     p.add_argument("model", help="model name (see `zoo list`)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--dataset", help="built-in data set (see `zoo list`)")
@@ -70,6 +85,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
         help="comma-separated predictor columns (default: all others)",
     )
+
+
+def _add_run_settings(p: argparse.ArgumentParser) -> None:
+    """How the methods run: reference, preset, seed, output folder and device."""
     p.add_argument(
         "--reference",
         help="method the others are judged against (default: exact where it exists, else"
@@ -85,6 +104,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"], help="device for the neural models"
     )
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """Options of the mixture, latent-variable and amortized models, and the held-out share."""
     p.add_argument(
         "--num-components",
         help="number of mixture components (gmm); several, as 1,2,3 or 1-5, compare them"
@@ -108,13 +131,23 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--amortized-globals",
         help="guide of the globals beside the amortized encoder: delta (default) or mean_field",
     )
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bars of NUTS and the fits (default: on when stderr is a terminal)",
-    )
-    reg = p.add_argument_group("linear_regression")
+
+
+#: The on/off flags of linear regression: flag, destination, action, help.
+_REGRESSION_SWITCHES = (
+    ("--center", "center", "store_true", "sample the intercept at the predictor means (default)"),
+    (
+        "--no-center",
+        "center",
+        "store_false",
+        "sample the raw intercept (strongly correlated with the slopes)",
+    ),
+    ("--no-intercept", "intercept", "store_false", "regression through the origin"),
+)
+
+
+def _add_regression_options(reg: argparse._ArgumentGroup) -> None:
+    """linear_regression's basis and priors (the ``linear_regression`` group of --help)."""
     reg.add_argument("--degree", type=int, help="polynomial basis x..x^degree of one feature")
     reg.add_argument(
         "--prior",
@@ -122,44 +155,36 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         " exact) or flat (improper uniform intercept and coefficients; needs more rows than"
         " coefficients)",
     )
-    reg.add_argument(
-        "--center",
-        dest="center",
-        action="store_true",
-        default=None,
-        help="sample the intercept at the predictor means (default)",
+    for flag, dest, action, text in _REGRESSION_SWITCHES:
+        # default None (not given) on every switch: the first one of a destination sets it.
+        reg.add_argument(flag, dest=dest, action=action, default=None, help=text)
+    _add_prior_scales(reg)
+
+
+def _add_prior_scales(reg: argparse._ArgumentGroup) -> None:
+    """linear_regression's prior scales and noise options: flag, type, metavar, help."""
+    options = (
+        ("--prior-intercept-scale", float, None, "prior sd of the intercept"),
+        (
+            "--prior-coef-scale",
+            _scales,
+            "S[,S...]",
+            "prior sd of the coefficients: one for all, or one per feature in --features order"
+            " (e.g. 2.5,1,10)",
+        ),
+        ("--sigma-prior", None, None, "exponential (default), half_normal or half_cauchy"),
+        ("--prior-sigma-scale", float, None, "scale of the sigma prior"),
+        ("--sigma-known", float, None, "fix the noise sd (Gaussian posterior)"),
+        (
+            "--prior-sigma-shape",
+            float,
+            "A0",
+            "shape a0 of the conjugate prior sigma^2 ~ InverseGamma(a0, a0 s^2), s the sigma"
+            " scale (default 2; with --prior conjugate)",
+        ),
     )
-    reg.add_argument(
-        "--no-center",
-        dest="center",
-        action="store_false",
-        help="sample the raw intercept (strongly correlated with the slopes)",
-    )
-    reg.add_argument(
-        "--no-intercept",
-        dest="intercept",
-        action="store_false",
-        default=None,
-        help="regression through the origin",
-    )
-    reg.add_argument("--prior-intercept-scale", type=float, help="prior sd of the intercept")
-    reg.add_argument(
-        "--prior-coef-scale",
-        type=_scales,
-        metavar="S[,S...]",
-        help="prior sd of the coefficients: one for all, or one per feature in --features order"
-        " (e.g. 2.5,1,10)",
-    )
-    reg.add_argument("--sigma-prior", help="exponential (default), half_normal or half_cauchy")
-    reg.add_argument("--prior-sigma-scale", type=float, help="scale of the sigma prior")
-    reg.add_argument("--sigma-known", type=float, help="fix the noise sd (Gaussian posterior)")
-    reg.add_argument(
-        "--prior-sigma-shape",
-        type=float,
-        metavar="A0",
-        help="shape a0 of the conjugate prior sigma^2 ~ InverseGamma(a0, a0 s^2), s the sigma"
-        " scale (default 2; with --prior conjugate)",
-    )
+    for flag, kind, metavar, text in options:
+        reg.add_argument(flag, type=kind, metavar=metavar, help=text)
 
 
 def _scales(text: str) -> list[float]:
@@ -234,9 +259,11 @@ def _options(args: argparse.Namespace, **overrides) -> tuple[ModelSpec, dict, st
         options[key] = value
     options.update(overrides)
     if args.device != "cpu":
-        raise ZooInputError(
-            f"--device {args.device} is for the neural models; {spec.name} runs on cpu"
-        )
+        if not spec.neural:
+            raise ZooInputError(
+                f"--device {args.device} is for the neural models; {spec.name} runs on cpu"
+            )
+        options["device"] = args.device
     data = args.dataset or spec.default_dataset
     if args.data is not None:
         data = str(args.data)
@@ -250,6 +277,11 @@ def _options(args: argparse.Namespace, **overrides) -> tuple[ModelSpec, dict, st
 
 def _posterior(args: argparse.Namespace, **overrides):
     spec, options, data = _options(args, **overrides)
+    if options.get("device") == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ZooInputError("--device cuda: torch sees no CUDA GPU here; use --device cpu")
     posterior = spec.make_posterior(data, seed=args.seed, **options)
     return spec, posterior
 
@@ -428,7 +460,9 @@ def _select(args: argparse.Namespace, ks: list[int], out_dir: Path) -> int:
     from comparisons.select import select_components
 
     spec, first = _posterior(args, num_components=ks[0])
-    methods = None if args.methods is None else resolve_methods(first, args.methods)
+    methods = None
+    if args.methods is not None:
+        methods = [m.name for m in resolve_methods(first, args.methods)]
     result = select_components(
         lambda k: first if k == ks[0] else _posterior(args, num_components=k)[1],
         ks,
@@ -461,8 +495,10 @@ def main(argv: list[str] | None = None) -> int:
         import pyro
         import torch
 
-        torch.set_num_threads(1)  # STYLE.md: one thread is faster on the small models
-        torch.set_default_dtype(torch.float64)
+        # The command is the application, so it may set the process up: one thread is faster
+        # on the small models (STYLE.md). Dtype and device are not process settings: the
+        # posterior is built in float64 on --device (make_posterior(dtype=, device=)).
+        torch.set_num_threads(1)
         pyro.enable_validation(False)
         return _run(args, ks, out_dir)
     except ZooInputError as exc:

@@ -22,10 +22,18 @@ import arviz as az
 import numpy as np
 
 from comparisons import metrics as M
-from comparisons.convert import to_inference_data
+from comparisons.convert import attach_log_lik, flatten, to_inference_data
 from comparisons.inputs import check_seed, check_writable
-from comparisons.runners import PRESETS, MethodRun, Preset, resolve_methods, run_method
-from zoo import Posterior, ZooInputError
+from comparisons.runners import (
+    PRESETS,
+    MethodRun,
+    Preset,
+    available_methods,
+    resolve_methods,
+    run_method,
+)
+from zoo import MethodSpec, Posterior, ZooInputError
+from zoo.methods import NUTS_METHOD
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +64,26 @@ class Comparison:
     #: is written once, before this is known, and agrees with the page rendered from it.
     write_s: float | None = None
 
+    def save(self, out_dir: str | Path) -> Comparison:
+        """Write the comparison's files into ``out_dir`` (see :func:`write`), timed."""
+        tick = time.perf_counter()
+        self.out_dir = write(self, Path(out_dir))
+        self.write_s = time.perf_counter() - tick
+        return self
 
-def default_reference(posterior: Posterior, methods: list[str]) -> str:
+
+def default_reference(posterior: Posterior, methods: list[MethodSpec]) -> str | None:
     """The best reference at hand (DESIGN.md section 5): ``exact`` where the posterior has
-    it, else ``nuts`` unless the methods leave it out (PPCA on digits), then the first closed
-    form (``ml``)."""
+    it, else NUTS unless the methods leave it out (PPCA on digits), then the first closed
+    form (``ml``); None for a posterior with none of them (a model without global latents
+    is judged by its own evaluation hook, not against a reference)."""
     if "exact" in posterior.closed_forms:
         return "exact"
-    if "nuts" in methods or not posterior.closed_forms:
-        return "nuts"
-    return next(iter(posterior.closed_forms))
+    available = available_methods(posterior)
+    nuts = [m.name for m in methods if m.family == NUTS_METHOD.family]
+    if nuts or (not posterior.closed_forms and NUTS_METHOD.name in available):
+        return nuts[0] if nuts else NUTS_METHOD.name
+    return next(iter(posterior.closed_forms), None)
 
 
 def versions() -> dict[str, str]:
@@ -92,61 +110,56 @@ def _clean(values: dict, *, numbers_only: bool) -> dict:
     return out
 
 
-def _flat_draws(draws: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Draws (chain, draw, *shape) as (chain * draw, *shape)."""
-    return {k: v.reshape((-1, *v.shape[2:])) for k, v in draws.items()}
+def _loo(run: MethodRun, idata: az.InferenceData, obs: str, met: dict, diagnostics: dict):
+    """PSIS-LOO, once, for a run with a pointwise log-likelihood and a spread of draws."""
+    if obs not in run.log_lik or run.point:
+        return
+    found = M.loo(idata, obs)
+    met.update({k: v for k, v in found.items() if k in ("elpd_loo", "elpd_loo_se")})
+    diagnostics.update({k: v for k, v in found.items() if k.startswith("loo_")})
 
 
-def _record(
-    posterior: Posterior,
-    run: MethodRun,
-    idata: az.InferenceData | None,
-    ref: tuple[dict, dict] | None,
-    ref_draws: dict[str, np.ndarray] | None,
-) -> dict:
-    cost = {k: (float(v) if k == "wall_s" else int(v)) for k, v in run.cost.items()}
-    if run.error is not None or idata is None:
-        diagnostics = {"status": "failed", "error": run.error or "no draws"}
-        if run.stopped:  # stopped at its budget, or by a rule of runners.NutsBudget
-            diagnostics = {**run.diagnostics, "status": "stopped", "reason": run.error}
-        return {
-            "cost": cost,
-            "summary": {},
-            "metrics": {},
-            "diagnostics": _clean(diagnostics, numbers_only=False),
-        }
-    sites = posterior.sites
-    # The global sites, then the identified quantities judged (PPCA's C) as derived entries.
-    reported = list(dict.fromkeys((*sites, *(posterior.accuracy_sites or ()))))
+def _failed_record(run: MethodRun, cost: dict) -> dict:
+    diagnostics = {"status": "failed", "error": run.error or "no draws"}
+    if run.stopped:  # stopped at its budget, or by a rule of runners.NutsBudget
+        diagnostics = {**run.diagnostics, "status": "stopped", "reason": run.error}
+    return {
+        "cost": cost,
+        "summary": {},
+        "metrics": {},
+        "diagnostics": _clean(diagnostics, numbers_only=False),
+    }
+
+
+def _summary(posterior: Posterior, run: MethodRun, idata: az.InferenceData) -> dict:
+    """Mean and sd of the global sites, then the identified quantities judged (PPCA's C) as
+    derived entries; a closed form with exact moments is summarized by them."""
+    if not run.draws:
+        return {}
+    reported = list(dict.fromkeys((*posterior.sites, *(posterior.accuracy_sites or ()))))
     stats = M.summary(idata, reported)
-    # A closed form with exact moments is summarized by them, not by its draws.
     if run.moments is not None:
         exact = M.moments_by_label(run.moments, idata, [s for s in reported if s in run.moments])
         stats.update({k: {"mean": m, "sd": s} for k, (m, s) in exact.items()})
-    diagnostics = dict(run.diagnostics)
-    met: dict[str, float] = {}
-    if ref is not None:
-        ref_moments, ref_mcse = ref
-        met.update(M.accuracy({k: v for k, v in stats.items() if k in ref_moments}, *ref))
-    if posterior.extra_metrics is not None:
-        met.update(posterior.extra_metrics(_flat_draws(run.draws), ref_draws))
-    ll = idata.log_likelihood
-    met["lpd_train"] = M.lpd(ll[posterior.obs_site].values)
-    if f"{posterior.obs_site}_test" in ll:
-        met["lpd_test"] = M.lpd(ll[f"{posterior.obs_site}_test"].values)
-    if not run.point:
-        met.update(
-            {
-                k: v
-                for k, v in M.loo(idata, posterior.obs_site).items()
-                if k in ("elpd_loo", "elpd_loo_se")
-            }
-        )
-        diagnostics.update(
-            {k: v for k, v in M.loo(idata, posterior.obs_site).items() if k.startswith("loo_")}
-        )
-    if run.method == "nuts":
-        diagnostics.update(M.nuts_diagnostics(idata, sites))
+    return stats
+
+
+def _record(posterior: Posterior, run: MethodRun, idata, ref, ref_draws) -> dict:
+    """A method's entry of results.json; what is measured follows from what the run holds."""
+    cost = {k: (float(v) if k == "wall_s" else int(v)) for k, v in run.cost.items()}
+    if run.error is not None or idata is None:
+        return _failed_record(run, cost)
+    stats = _summary(posterior, run, idata)
+    diagnostics, met = dict(run.diagnostics), dict(run.metrics)
+    if ref is not None and stats:
+        met.update(M.accuracy({k: v for k, v in stats.items() if k in ref[0]}, *ref))
+    if posterior.extra_metrics is not None and run.draws:
+        met.update(posterior.extra_metrics(flatten(run.draws)[0], ref_draws))
+    for name, values in run.log_lik.items():
+        met["lpd_test" if name.endswith("_test") else "lpd_train"] = M.lpd(values)
+    _loo(run, idata, posterior.obs_site, met, diagnostics)
+    if "diverging" in run.sample_stats:  # several chains of a sampler: MCMC diagnostics
+        diagnostics.update(M.nuts_diagnostics(idata, posterior.sites))
         if posterior.identified is not None:
             diagnostics.update(M.identified_diagnostics(posterior.identified(run.draws)))
         met["ess_per_s"] = diagnostics["ess_bulk_min"] / max(cost["wall_s"], 1e-9)
@@ -162,10 +175,126 @@ def _record(
     }
 
 
+def get_preset(preset: str | Preset) -> Preset:
+    """A preset by name (``smoke``, ``full``), or your own :class:`Preset` as it is."""
+    if isinstance(preset, Preset):
+        return preset
+    if preset in PRESETS:
+        return PRESETS[preset]
+    raise ZooInputError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+
+
+def _plan(posterior: Posterior, methods, reference: str | None):
+    """The methods to run, the reference first (the others' labels are matched against its
+    draws), and the reference's name (None: nothing is judged)."""
+    chosen = resolve_methods(posterior, methods)
+    if reference == "none":  # zoo fit: one method, judged against nothing
+        return chosen, None
+    name = reference or default_reference(posterior, chosen)
+    if name is None:
+        return chosen, None
+    ref = resolve_methods(posterior, [name])[0]
+    return [ref, *(m for m in chosen if m.name != ref.name)], ref.name
+
+
+def _finished(method: str, run: MethodRun, on_method: OnMethod | None) -> None:
+    info = {"wall_s": float(run.cost["wall_s"]), "status": "failed" if run.error else "ok"}
+    if run.error is not None:
+        info["error"] = run.error
+        logger.warning("%s %s", method, run.error if run.stopped else f"failed: {run.error}")
+    logger.info("%s %s in %.1f s", method, info["status"], info["wall_s"])
+    if on_method is not None:
+        on_method(method, info)
+
+
+def _evaluate(posterior: Posterior, run: MethodRun) -> None:
+    """The model's own evaluation hook (numbers that need the fitted guide)."""
+    if posterior.evaluate is None:
+        return
+    found = posterior.evaluate(posterior, run)
+    run.metrics.update(found.get("metrics", {}))
+    run.diagnostics.update(found.get("diagnostics", {}))
+
+
+def _convert(posterior: Posterior, run: MethodRun, ref_run: MethodRun | None, seed: int):
+    """Thin, relabel, push forward, evaluate, then the InferenceData of a run that worked."""
+    _thin(run, LOG_LIK_BUDGET // max(1, posterior.num_data + posterior.num_test))
+    if posterior.relabel is not None and run.draws:
+        reference = ref_run.draws if ref_run is not None and ref_run.draws else None
+        relabelled = posterior.relabel(run.draws, reference)
+        run.draws = dict(relabelled.draws)
+        run.diagnostics.update(relabelled.info)
+    attach_log_lik(posterior, run, seed=seed)
+    _evaluate(posterior, run)
+    return to_inference_data(posterior, run, seed=seed)
+
+
+def _run_all(posterior, chosen, reference, *, seed, settings, progress, on_method, timings):
+    runs: dict[str, MethodRun] = {}
+    idatas: dict[str, az.InferenceData] = {}
+    for method in chosen:
+        logger.info("running %s", method.name)
+        run = run_method(posterior, method, seed=seed, preset=settings, progress=progress)
+        timings["methods_s"] += run.cost["wall_s"]
+        _finished(method.name, run, on_method)
+        runs[method.name] = run
+        if run.error is None:
+            tick = time.perf_counter()
+            ref_run = runs.get(reference) if method.name != reference else None
+            idatas[method.name] = _convert(posterior, run, ref_run, seed)
+            timings["conversion_s"] += time.perf_counter() - tick
+    return runs, idatas
+
+
+def _judge(posterior: Posterior, runs, idatas, reference: str | None):
+    """Every method's record with its verdict, and the reference's own status."""
+    ref, ref_draws = None, None
+    if reference is not None and reference in idatas and runs[reference].draws:
+        judged = posterior.accuracy_sites or posterior.sites
+        ref = M.reference_moments(idatas[reference], runs[reference], judged)
+        ref_draws = flatten(runs[reference].draws)[0]
+    records = {m: _record(posterior, runs[m], idatas.get(m), ref, ref_draws) for m in runs}
+    # A reference that fails its own checks (DESIGN.md section 5) is said, never used silently.
+    status = M.reference_status(reference, records[reference]) if ref else None
+    problem = status["problems"] if status and not status["reliable"] else None
+    for m, rec in records.items():
+        rec["verdict"] = M.verdict(
+            m, rec, reference=reference if ref else None, reference_problem=problem
+        )
+    if reference is not None and ref is None:  # the reference failed or was stopped
+        how = records[reference]["diagnostics"].get("status", "failed")
+        for m, rec in records.items():
+            if m != reference:
+                note = f"not judged: the reference {reference} {how} (see its line)"
+                rec["verdict"] = "; ".join(v for v in (rec["verdict"], note) if v)
+    return records, status, reference if ref else None
+
+
+def _results(posterior, settings, seed, judged, records, status, timings) -> dict:
+    results = {
+        "schema": SCHEMA_VERSION,
+        "model": posterior.model_name,
+        "dataset": posterior.dataset,
+        "num_data": posterior.num_data,
+        "num_test": posterior.num_test,
+        "seed": seed,
+        "preset": settings.name,
+        "reference": judged,
+        "reference_status": status,
+        "versions": versions(),
+        "posterior": dict(posterior.description),
+        "methods": records,
+        "timings": timings,
+    }
+    if posterior.truth is not None:
+        results["truth"] = {k: np.asarray(v).tolist() for k, v in posterior.truth.items()}
+    return results
+
+
 def compare(
     posterior: Posterior,
     *,
-    methods: list[str] | None = None,
+    methods: list[str | MethodSpec] | None = None,
     reference: str | None = None,
     seed: int = 0,
     preset: str | Preset = "full",
@@ -199,102 +328,30 @@ def compare(
         a line; the verdicts come once every method has run.
     """
     seed = check_seed(seed)
-    if isinstance(preset, Preset):
-        settings = preset
-    elif preset in PRESETS:
-        settings = PRESETS[preset]
-    else:
-        raise ZooInputError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
-    chosen = resolve_methods(posterior, methods)
-    if reference == "none":  # zoo fit: one method, judged against nothing
-        reference = None
-    else:
-        reference = resolve_methods(posterior, [reference or default_reference(posterior, chosen)])[
-            0
-        ]
-        # The reference runs first: the others' labels are matched against its draws.
-        chosen = [reference, *(m for m in chosen if m != reference)]
+    settings = get_preset(preset)
+    chosen, reference = _plan(posterior, methods, reference)
     if out_dir is not None:
         check_writable(Path(out_dir))
     timings = {"methods_s": 0.0, "conversion_s": 0.0, "metrics_s": 0.0}
-    runs: dict[str, MethodRun] = {}
-    idatas: dict[str, az.InferenceData] = {}
     start = time.perf_counter()
-    for method in chosen:
-        logger.info("running %s", method)
-        run = run_method(posterior, method, seed=seed, preset=settings, progress=progress)
-        timings["methods_s"] += run.cost["wall_s"]
-        info = {"wall_s": float(run.cost["wall_s"]), "status": "failed" if run.error else "ok"}
-        if run.error is not None:
-            info["error"] = run.error
-        logger.info("%s %s in %.1f s", method, info["status"], info["wall_s"])
-        if on_method is not None:
-            on_method(method, info)
-        runs[method] = run
-        if run.error is None:
-            tick = time.perf_counter()
-            _thin(run, LOG_LIK_BUDGET // max(1, posterior.num_data + posterior.num_test))
-            if posterior.relabel is not None:
-                ref_run = runs.get(reference) if method != reference else None
-                relabelled = posterior.relabel(
-                    run.draws, ref_run.draws if ref_run is not None and ref_run.draws else None
-                )
-                run.draws = dict(relabelled.draws)
-                run.diagnostics.update(relabelled.info)
-            idatas[method] = to_inference_data(posterior, run, seed=seed)
-            timings["conversion_s"] += time.perf_counter() - tick
-        else:
-            logger.warning("%s %s", method, run.error if run.stopped else f"failed: {run.error}")
+    runs, idatas = _run_all(
+        posterior, chosen, reference, seed=seed, settings=settings, progress=progress,
+        on_method=on_method, timings=timings,
+    )  # fmt: skip
     tick = time.perf_counter()
-    ref, ref_draws = None, None
-    if reference is not None and reference in idatas:
-        judged = posterior.accuracy_sites or posterior.sites
-        ref = M.reference_moments(idatas[reference], runs[reference], judged)
-        ref_draws = _flat_draws(runs[reference].draws)
-    records = {m: _record(posterior, runs[m], idatas.get(m), ref, ref_draws) for m in chosen}
-    # A reference that fails its own checks (DESIGN.md section 5) is said, never used silently.
-    status = M.reference_status(reference, records[reference]) if ref else None
-    problem = status["problems"] if status and not status["reliable"] else None
-    for m, rec in records.items():
-        rec["verdict"] = M.verdict(
-            m, rec, reference=reference if ref else None, reference_problem=problem
-        )
-    if reference is not None and ref is None:  # the reference failed or was stopped
-        how = records[reference]["diagnostics"].get("status", "failed")
-        for m, rec in records.items():
-            if m != reference:
-                note = f"not judged: the reference {reference} {how} (see its line)"
-                rec["verdict"] = "; ".join(v for v in (rec["verdict"], note) if v)
+    records, status, judged = _judge(posterior, runs, idatas, reference)
     timings["metrics_s"] = time.perf_counter() - tick
-    results = {
-        "schema": SCHEMA_VERSION,
-        "model": posterior.model_name,
-        "dataset": posterior.dataset,
-        "num_data": posterior.num_data,
-        "num_test": posterior.num_test,
-        "seed": seed,
-        "preset": settings.name,
-        "reference": reference if ref else None,
-        "reference_status": status,
-        "versions": versions(),
-        "posterior": dict(posterior.description),
-        "methods": records,
-        "timings": timings,
-    }
-    if posterior.truth is not None:
-        results["truth"] = {k: np.asarray(v).tolist() for k, v in posterior.truth.items()}
+    results = _results(posterior, settings, seed, judged, records, status, timings)
     timings["total_s"] = time.perf_counter() - start
     comparison = Comparison(results=results, idata=idatas)
-    if out_dir is not None:
-        tick = time.perf_counter()
-        comparison.out_dir = write(comparison, Path(out_dir))
-        comparison.write_s = time.perf_counter() - tick
-    return comparison
+    return comparison.save(out_dir) if out_dir is not None else comparison
 
 
 def _thin(run: MethodRun, limit: int) -> None:
     """Keep every k-th draw of each chain so that at most ``limit`` remain (the pointwise
     log-likelihood holds draws x rows numbers); says so in the diagnostics."""
+    if not run.draws:
+        return
     chains, num = next(iter(run.draws.values())).shape[:2]
     if chains * num <= limit:
         return

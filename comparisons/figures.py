@@ -58,6 +58,12 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _saved(fig, path: Path, title: str, caption: str) -> list[Section]:
+    """Save ``fig`` at ``path``: the one section of the report that shows it."""
+    _save(fig, path)
+    return [(title, path.name, caption)]
+
+
 def _mean(idata: az.InferenceData, site: str) -> np.ndarray:
     values = idata.posterior[site].values
     return values.reshape(-1, *values.shape[2:]).mean(0)
@@ -121,8 +127,6 @@ def plot_gmm_components(results, idatas, fig_dir: Path) -> list[Section]:
             ax.set_xlabel(names[0], fontsize=8)
             ax.set_ylabel(names[1], fontsize=8)
         ax.set_title(method, fontsize=9)
-    path = fig_dir / "components.png"
-    _save(fig, path)
     caption = (
         "Each panel: the data (grey) and one method's components at its posterior mean, "
         "ellipses of 2 sds (line width grows with the weight); coloured dots are draws of "
@@ -133,7 +137,7 @@ def plot_gmm_components(results, idatas, fig_dir: Path) -> list[Section]:
     )
     if x.shape[1] > 2:
         caption += f" Only the first two of {x.shape[1]} features are drawn."
-    return [("Fitted components", path.name, caption)]
+    return _saved(fig, fig_dir / "components.png", "Fitted components", caption)
 
 
 def _ellipse(ax, loc, scale, color, style, width) -> None:
@@ -214,19 +218,16 @@ def plot_ppca_loadings(results, idatas, fig_dir: Path) -> list[Section]:
                 ax.set_ylabel(method, fontsize=8)
             if row is axes[0]:
                 ax.set_title(f"axis {j + 1}", fontsize=8)
-    path = fig_dir / "loadings.png"
-    _save(fig, path)
-    return [
-        (
-            "Loadings in principal axes",
-            path.name,
-            "Rows: methods; columns: the K loading vectors of each method's posterior-mean "
-            "covariance C = W W^T + sigma^2 I, rotated to its principal axes (W itself is "
-            "identified only up to a rotation, so raw draws of W are not comparable), signs "
-            "aligned with the first row."
-            + (" Each vector is drawn as an image of the pixel grid." if image else ""),
-        )
-    ]
+    return _saved(
+        fig,
+        fig_dir / "loadings.png",
+        "Loadings in principal axes",
+        "Rows: methods; columns: the K loading vectors of each method's posterior-mean "
+        "covariance C = W W^T + sigma^2 I, rotated to its principal axes (W itself is "
+        "identified only up to a rotation, so raw draws of W are not comparable), signs "
+        "aligned with the first row."
+        + (" Each vector is drawn as an image of the pixel grid." if image else ""),
+    )
 
 
 def plot_ppca_spectrum(results, idatas, fig_dir: Path) -> list[Section]:
@@ -249,18 +250,15 @@ def plot_ppca_spectrum(results, idatas, fig_dir: Path) -> list[Section]:
     ax.set_xlabel("component", fontsize=8)
     ax.set_ylabel("variance", fontsize=8)
     ax.legend(fontsize=7, ncol=2)
-    path = fig_dir / "spectrum.png"
-    _save(fig, path)
     explained = data[:k].sum() / data.sum()
-    return [
-        (
-            "Explained variance",
-            path.name,
-            f"Eigenvalues of each method's covariance C against the data's. PPCA keeps the "
-            f"first K = {k} (left of the dotted line; {explained:.0%} of the variance) and "
-            "puts every other eigenvalue at sigma^2, the mean of the discarded ones.",
-        )
-    ]
+    return _saved(
+        fig,
+        fig_dir / "spectrum.png",
+        "Explained variance",
+        f"Eigenvalues of each method's covariance C against the data's. PPCA keeps the "
+        f"first K = {k} (left of the dotted line; {explained:.0%} of the variance) and "
+        "puts every other eigenvalue at sigma^2, the mean of the discarded ones.",
+    )
 
 
 def plot_ppca_latents(results, idatas, fig_dir: Path) -> list[Section]:
@@ -289,22 +287,19 @@ def plot_ppca_latents(results, idatas, fig_dir: Path) -> list[Section]:
         ax.legend(fontsize=7, markerscale=3, ncol=2)
     ax.set_xlabel("z[0]", fontsize=8)
     ax.set_ylabel("z[1]", fontsize=8)
-    path = fig_dir / "latents.png"
-    _save(fig, path)
-    return [
-        (
-            "Latent means of the encoder",
-            path.name,
-            f"The mean of q(z | x) that the {html.escape(method)} guide's encoder gives each "
-            "row, first two latent coordinates"
-            + (
-                ", coloured by the known class (never seen by any method)."
-                if labels is not None
-                else "."
-            )
-            + " One forward pass per row: the cost of a new row does not grow with the data.",
+    return _saved(
+        fig,
+        fig_dir / "latents.png",
+        "Latent means of the encoder",
+        f"The mean of q(z | x) that the {html.escape(method)} guide's encoder gives each "
+        "row, first two latent coordinates"
+        + (
+            ", coloured by the known class (never seen by any method)."
+            if labels is not None
+            else "."
         )
-    ]
+        + " One forward pass per row: the cost of a new row does not grow with the data.",
+    )
 
 
 def plot_ppca_cov_error(results, idatas, fig_dir: Path) -> list[Section]:
@@ -327,19 +322,16 @@ def plot_ppca_cov_error(results, idatas, fig_dir: Path) -> list[Section]:
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
         ax.set_yscale("log")
         ax.set_title(label, fontsize=9)
-    path = fig_dir / "cov_error.png"
-    _save(fig, path)
-    return [
-        (
-            "Error of the covariance",
-            path.name,
-            f"Against the reference ({html.escape(str(results.get('reference')))}), on what the"
-            " data identify: the covariance C = W W^T + "
-            "sigma^2 I of the posterior means and the principal subspace of W (raw W would "
-            "differ by an arbitrary rotation). A method whose draws spread along a flat "
-            "direction (Laplace with a singular Hessian) has a large C error.",
-        )
-    ]
+    return _saved(
+        fig,
+        fig_dir / "cov_error.png",
+        "Error of the covariance",
+        f"Against the reference ({html.escape(str(results.get('reference')))}), on what the"
+        " data identify: the covariance C = W W^T + "
+        "sigma^2 I of the posterior means and the principal subspace of W (raw W would "
+        "differ by an arbitrary rotation). A method whose draws spread along a flat "
+        "direction (Laplace with a singular Hessian) has a large C error.",
+    )
 
 
 # --------------------------------------------------------------------------- choosing K
@@ -374,18 +366,15 @@ def plot_selection(results, fig_dir: Path) -> list[Section]:
         ax.set_xticks(ks)
         ax.set_xlabel("K", fontsize=8)
         ax.set_title(title, fontsize=9)
-    path = fig_dir / "selection.png"
-    _save(fig, path)
-    return [
-        (
-            "Choosing the number of components",
-            path.name,
-            "Each criterion against K, its choice marked in red. ELPD estimates the "
-            "predictive density of new rows (error bars: its standard error); the ELBO is a "
-            "lower bound on the log evidence, loose by the guide's gap; BIC is a large-sample "
-            "approximation to -2 log evidence at EM's maximum.",
-        )
-    ]
+    return _saved(
+        fig,
+        fig_dir / "selection.png",
+        "Choosing the number of components",
+        "Each criterion against K, its choice marked in red. ELPD estimates the "
+        "predictive density of new rows (error bars: its standard error); the ELBO is a "
+        "lower bound on the log evidence, loose by the guide's gap; BIC is a large-sample "
+        "approximation to -2 log evidence at EM's maximum.",
+    )
 
 
 #: Figures of each model, in report order.

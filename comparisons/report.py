@@ -53,8 +53,16 @@ def load(out_dir: str | Path) -> tuple[dict, dict[str, az.InferenceData]]:
     return results, idatas
 
 
+def _attrs(idata: az.InferenceData) -> dict:
+    """A method's metadata and objective trace: the InferenceData's own attrs (files of an
+    earlier zoo kept them on the posterior group)."""
+    if "zoo" in idata.attrs or "posterior" not in idata.groups():
+        return idata.attrs
+    return idata.posterior.attrs
+
+
 def _meta(idata: az.InferenceData) -> dict:
-    return json.loads(idata.posterior.attrs["zoo"])
+    return json.loads(_attrs(idata)["zoo"])
 
 
 def shown_sites(idata: az.InferenceData) -> list[str]:
@@ -171,6 +179,27 @@ def marginals_caption(
         if records.get(m, {}).get("summary")
         and all(s["sd"] == 0 for s in records[m]["summary"].values())
     ]
+    text = _marginals_intro(reference, methods, points)
+    if reference in points:
+        text += (
+            f" The reference ({html.escape(reference)}) is a point: it has no spread to "
+            "measure the others' widths against, so none is judged here."
+        )
+    elif reference in methods:
+        text += _marginals_judged(records, methods, reference=reference, points=points)
+    if total > shown:
+        text += f" The first {shown} of {total} parameters are drawn; results.json has all."
+    left_out = [s for s in all_sites or () if s not in sites]
+    if left_out:
+        text += (
+            f" Shown: {_names(sites)}, the quantities the accuracy columns judge; "
+            f"{_names(left_out)} not drawn."
+        )
+    return text
+
+
+def _marginals_intro(reference: str | None, methods: list[str], points: list[str]) -> str:
+    """The caption's first sentence: what a panel and its lines are."""
     if reference in methods:
         text = (
             f"Each panel is one parameter: the reference ({html.escape(reference)}) as a thick "
@@ -182,52 +211,46 @@ def marginals_caption(
             "method's colour; nothing is judged here (zoo compare runs several methods and "
             "measures them against one)"
         )
-    text += "; point estimates as dashed lines." if points else "."
-    if reference in points:
-        text += (
-            f" The reference ({html.escape(reference)}) is a point: it has no spread to "
-            "measure the others' widths against, so none is judged here."
-        )
-    elif reference in methods:
-        narrow, wide, shifted, match = [], [], [], []
-        for m in methods:
-            met = records.get(m, {}).get("metrics", {})
-            if m == reference or "max_abs_mean_z" not in met:
-                continue
-            z, lo, hi = met["max_abs_mean_z"], met["sd_ratio_min"], met["sd_ratio_max"]
-            if m in points:
-                if z >= 0.1:
-                    shifted.append(f"{html.escape(m)} ({z:.2f} sd, a point estimate)")
-                continue
-            if lo < SD_BAND[0]:
-                narrow.append(f"{html.escape(m)} ({lo:.2f})")
-            if hi > SD_BAND[1]:
-                wide.append(f"{html.escape(m)} ({hi:.2f})")
+    return text + ("; point estimates as dashed lines." if points else ".")
+
+
+def _marginals_judged(
+    records: dict, methods: list[str], *, reference: str, points: list[str]
+) -> str:
+    """The caption's sentences on the methods narrower, wider, shifted against the reference
+    or matching it (from their metrics), each list in the order of ``methods``."""
+    narrow, wide, shifted, match = [], [], [], []
+    for m in methods:
+        met = records.get(m, {}).get("metrics", {})
+        if m == reference or "max_abs_mean_z" not in met:
+            continue
+        z, lo, hi = met["max_abs_mean_z"], met["sd_ratio_min"], met["sd_ratio_max"]
+        if m in points:
             if z >= 0.1:
-                shifted.append(f"{html.escape(m)} ({z:.2f} sd)")
-            if lo >= SD_BAND[0] and hi <= SD_BAND[1] and z < 0.1:
-                match.append(html.escape(m))
-        if narrow:
-            text += (
-                f" Narrower than the reference (over-confident; smallest sd ratio): "
-                f"{', '.join(narrow)}."
-            )
-        if wide:
-            text += f" Wider than the reference (largest sd ratio): {', '.join(wide)}."
-        if shifted:
-            text += f" Means shifted by 0.1 sd or more (largest): {', '.join(shifted)}."
-        if match:
-            text += (
-                f" Within 0.1 sd and sd ratios {SD_BAND[0]}-{SD_BAND[1]} on every parameter: "
-                f"{', '.join(match)}."
-            )
-    if total > shown:
-        text += f" The first {shown} of {total} parameters are drawn; results.json has all."
-    left_out = [s for s in all_sites or () if s not in sites]
-    if left_out:
+                shifted.append(f"{html.escape(m)} ({z:.2f} sd, a point estimate)")
+            continue
+        if lo < SD_BAND[0]:
+            narrow.append(f"{html.escape(m)} ({lo:.2f})")
+        if hi > SD_BAND[1]:
+            wide.append(f"{html.escape(m)} ({hi:.2f})")
+        if z >= 0.1:
+            shifted.append(f"{html.escape(m)} ({z:.2f} sd)")
+        if lo >= SD_BAND[0] and hi <= SD_BAND[1] and z < 0.1:
+            match.append(html.escape(m))
+    text = ""
+    if narrow:
         text += (
-            f" Shown: {_names(sites)}, the quantities the accuracy columns judge; "
-            f"{_names(left_out)} not drawn."
+            f" Narrower than the reference (over-confident; smallest sd ratio): "
+            f"{', '.join(narrow)}."
+        )
+    if wide:
+        text += f" Wider than the reference (largest sd ratio): {', '.join(wide)}."
+    if shifted:
+        text += f" Means shifted by 0.1 sd or more (largest): {', '.join(shifted)}."
+    if match:
+        text += (
+            f" Within 0.1 sd and sd ratios {SD_BAND[0]}-{SD_BAND[1]} on every parameter: "
+            f"{', '.join(match)}."
         )
     return text
 
@@ -379,9 +402,9 @@ def plot_elbo(idatas, path: Path) -> str | None:
     returns the caption (None when no method has a trace)."""
     traces = {
         # atleast_1d: netCDF gives a one-entry trace back as a scalar attribute
-        m: (np.atleast_1d(i.posterior.attrs["elbo"]), _meta(i).get("trace_label", "ELBO"))
+        m: (np.atleast_1d(_attrs(i)["elbo"]), _meta(i).get("trace_label", "ELBO"))
         for m, i in idatas.items()
-        if "elbo" in i.posterior.attrs
+        if "elbo" in _attrs(i)
     }
     if not traces:
         return None
@@ -683,6 +706,38 @@ def _one_k(results: dict, idatas: dict[str, az.InferenceData]) -> tuple[dict, di
     return {**results, "methods": methods, "shown_k": k}, subset
 
 
+def _sampled(idata: az.InferenceData) -> bool:
+    """Several chains of a sampler (sampler statistics with divergences)."""
+    return "sample_stats" in idata.groups() and "diverging" in idata.sample_stats
+
+
+def _method_figures(results: dict, idatas: dict, fig_dir: Path) -> list[tuple]:
+    """The figures every model gets, each from what the methods hold: marginals, pair and
+    predictive where they have draws of global sites, objective traces where they were
+    fitted, trace and rank plots where they sampled chains."""
+    drawn = {m: i for m, i in idatas.items() if "posterior" in i.groups()}
+    sections: list[tuple] = []
+    sites = shown_sites(next(iter(drawn.values()))) if drawn else []
+    if sites:
+        caption = plot_marginals(results, drawn, sites, fig_dir / "marginals.png")
+        sections.append(("Marginal posteriors", "marginals.png", caption))
+        caption = plot_pair(results, drawn, sites, fig_dir / "pair.png")
+        if caption:
+            sections.append(("The most correlated pair", "pair.png", caption))
+        caption = plot_predictive(results, drawn, fig_dir / "predictive.png")
+        if caption:
+            sections.append(("Fitted curve over the data", "predictive.png", caption))
+    caption = plot_elbo(idatas, fig_dir / "elbo.png") if idatas else None
+    if caption:
+        sections.append(("Objective traces", "elbo.png", caption))
+    for method in [m for m, i in drawn.items() if _sampled(i)][:1]:
+        names, labels, total = plot_nuts(drawn[method], sites, fig_dir)
+        trace, rank, summary = nuts_captions(labels, total, results["methods"][method])
+        sections.append(("NUTS trace", names[0], trace))
+        sections.append(("NUTS rank plots", names[1], rank, summary))
+    return sections
+
+
 def render(out_dir: str | Path) -> Path:
     """Draw the figures and write index.html in ``out_dir`` from its results.json and .nc files."""
     out_dir = Path(out_dir)
@@ -699,24 +754,7 @@ def render(out_dir: str | Path) -> Path:
         page_results = {**page_results, "shown_k": results["shown_k"]}
     # A section is (title, file, caption), or (title, file, caption, summary) for one folded
     # under a one-line summary (<details>) to keep the page scannable.
-    sites = shown_sites(next(iter(idatas.values()))) if idatas else []
-    if idatas:
-        caption = plot_marginals(results, idatas, sites, fig_dir / "marginals.png")
-        sections.append(("Marginal posteriors", "marginals.png", caption))
-        caption = plot_pair(results, idatas, sites, fig_dir / "pair.png")
-        if caption:
-            sections.append(("The most correlated pair", "pair.png", caption))
-        caption = plot_predictive(results, idatas, fig_dir / "predictive.png")
-        if caption:
-            sections.append(("Fitted curve over the data", "predictive.png", caption))
-        caption = plot_elbo(idatas, fig_dir / "elbo.png")
-        if caption:
-            sections.append(("Objective traces", "elbo.png", caption))
-        if "nuts" in idatas:
-            names, labels, total = plot_nuts(idatas["nuts"], sites, fig_dir)
-            trace, rank, summary = nuts_captions(labels, total, results["methods"]["nuts"])
-            sections.append(("NUTS trace", names[0], trace))
-            sections.append(("NUTS rank plots", names[1], rank, summary))
+    sections += _method_figures(results, idatas, fig_dir)
     for plot in MODEL_FIGURES.get(results["model"], ()):
         sections += plot(results, idatas, fig_dir)
     page = _page(page_results, sections, fig_dir)
@@ -827,10 +865,63 @@ def rows_line(results: dict) -> str:
     )
 
 
+#: The report page's style sheet.
+_PAGE_STYLE = """\
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
+       color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
+td, th { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
+th { background: #f4f4f4; } td.v { text-align: left; }
+tr.failed td { color: #a00; } .warn { color: #a00; }
+img { max-width: 100%; } p.rows { font-size: 1.1em; font-weight: 600; }
+summary { font-size: 1.2em; font-weight: 600; margin: 1em 0; cursor: pointer; }
+.small { color: #666; font-size: 0.8em; }"""
+
+
 def _page(results: dict, sections, fig_dir: Path) -> str:
-    ref = results.get("reference")
-    rows = []
     columns = _columns(results)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, _, _ in columns)
+    post = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in results.get("posterior", {}).items()
+    )
+    figs = "".join(_section_html(section, fig_dir) for section in sections)
+    timings = ", ".join(f"{k}: {v:.2f}" for k, v in results.get("timings", {}).items())
+    versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+    ref_note = _reference_note(results)
+    rows = _method_rows(results, columns)
+    warnings_html = _warnings_html(results)
+    diag_rows = _diagnostic_rows(results)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>zoo: {html.escape(results["model"])} on {html.escape(results["dataset"])}</title>
+<style>
+{_PAGE_STYLE}
+</style></head><body>
+<h1>{html.escape(results["model"])} on {html.escape(results["dataset"])}</h1>
+<p class=rows>{html.escape(rows_line(results))}</p>
+<p>Seed {results["seed"]}, preset {html.escape(str(results.get("preset")))}.</p>
+<table>{post}</table>
+<h2>Accuracy and cost</h2>
+<p>{ref_note} lpd: mean log predictive density per row (a point estimate: log-likelihood at the
+point); elpd LOO: PSIS leave-one-out; PSIS k: how far the guide is from the posterior
+(above {KHAT_BAD}: unreliable); ESS/s: bulk ESS per second for NUTS, PSIS effective sample size
+per second for a guide.</p>
+<table><tr><th>method</th>{head}<th>verdict</th></tr>{rows}</table>
+{warnings_html}
+{_label_swaps_html(results)}
+{_selection_html(results)}
+<h2>Diagnostics</h2>
+<table>{diag_rows}</table>
+{figs}
+<p class=small>Versions: {html.escape(versions)}. Timings (s): {html.escape(timings)}.</p>
+</body></html>
+"""
+
+
+def _method_rows(results: dict, columns: list) -> str:
+    """The accuracy and cost table's rows: a method's cells and its verdict."""
+    rows = []
     for m, rec in results["methods"].items():
         cells = "".join(f"<td>{_fmt(rec.get(g, {}).get(k))}</td>" for _, g, k in columns)
         cls = ' class="failed"' if rec["diagnostics"].get("status") == "failed" else ""
@@ -838,11 +929,20 @@ def _page(results: dict, sections, fig_dir: Path) -> str:
             f"<tr{cls}><th>{html.escape(m)}</th>{cells}<td class=v>"
             f"{html.escape(rec.get('verdict', ''))}</td></tr>"
         )
-    head = "".join(f"<th>{html.escape(h)}</th>" for h, _, _ in columns)
+    return "".join(rows)
+
+
+def _diagnostic_rows(results: dict) -> str:
+    """The diagnostics table's rows: each method's diagnostics on one line."""
     diag_rows = []
     for m, rec in results["methods"].items():
         d = ", ".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in rec["diagnostics"].items())
         diag_rows.append(f"<tr><th>{html.escape(m)}</th><td>{d}</td></tr>")
+    return "".join(diag_rows)
+
+
+def _warnings_html(results: dict) -> str:
+    """Warnings under the accuracy table: PSIS k and PSIS-LOO k above ``KHAT_BAD``."""
     bad_k = [
         m for m, rec in results["methods"].items() if rec["diagnostics"].get("khat", 0) > KHAT_BAD
     ]
@@ -864,13 +964,12 @@ def _page(results: dict, sections, fig_dir: Path) -> str:
             "out some rows changes that fit too much for importance sampling to say; its elpd "
             "LOO is unreliable (refit without those rows, or use a held-out split).</p>"
         )
-    post = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-        for k, v in results.get("posterior", {}).items()
-    )
-    figs = "".join(_section_html(section, fig_dir) for section in sections)
-    timings = ", ".join(f"{k}: {v:.2f}" for k, v in results.get("timings", {}).items())
-    versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+    return warnings_html
+
+
+def _reference_note(results: dict) -> str:
+    """What accuracy is measured against, and how far the reference can be trusted."""
+    ref = results.get("reference")
     ref_note = (
         f"Accuracy is measured against <b>{html.escape(ref)}</b>: mean z = |mean - "
         "mean<sub>ref</sub>| / sd<sub>ref</sub>, sd ratio = sd / sd<sub>ref</sub>."
@@ -891,36 +990,4 @@ def _page(results: dict, sections, fig_dir: Path) -> str:
             f" The reference's own Monte Carlo error is up to {max(mcse):.3f} on the z "
             "scale: smaller |z| differences are noise."
         )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>zoo: {html.escape(results["model"])} on {html.escape(results["dataset"])}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
-       color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }}
-td, th {{ border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }}
-th {{ background: #f4f4f4; }} td.v {{ text-align: left; }}
-tr.failed td {{ color: #a00; }} .warn {{ color: #a00; }}
-img {{ max-width: 100%; }} p.rows {{ font-size: 1.1em; font-weight: 600; }}
-summary {{ font-size: 1.2em; font-weight: 600; margin: 1em 0; cursor: pointer; }}
-.small {{ color: #666; font-size: 0.8em; }}
-</style></head><body>
-<h1>{html.escape(results["model"])} on {html.escape(results["dataset"])}</h1>
-<p class=rows>{html.escape(rows_line(results))}</p>
-<p>Seed {results["seed"]}, preset {html.escape(str(results.get("preset")))}.</p>
-<table>{post}</table>
-<h2>Accuracy and cost</h2>
-<p>{ref_note} lpd: mean log predictive density per row (a point estimate: log-likelihood at the
-point); elpd LOO: PSIS leave-one-out; PSIS k: how far the guide is from the posterior
-(above {KHAT_BAD}: unreliable); ESS/s: bulk ESS per second for NUTS, PSIS effective sample size
-per second for a guide.</p>
-<table><tr><th>method</th>{head}<th>verdict</th></tr>{"".join(rows)}</table>
-{warnings_html}
-{_label_swaps_html(results)}
-{_selection_html(results)}
-<h2>Diagnostics</h2>
-<table>{"".join(diag_rows)}</table>
-{figs}
-<p class=small>Versions: {html.escape(versions)}. Timings (s): {html.escape(timings)}.</p>
-</body></html>
-"""
+    return ref_note

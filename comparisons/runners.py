@@ -6,9 +6,10 @@ statistics, cost and diagnostics. Conversion to ArviZ happens in :mod:`compariso
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,8 +17,9 @@ import pyro
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import init_to_median, init_to_value
 
-from guides import ALIASES, GUIDES, FitConfig, FitError, draw, fit_guide, get_guide
-from zoo import MODELS, Posterior, ZooInputError, get_model
+from guides import GUIDES, FitConfig, FitError, draw, fit_guide, get_guide
+from zoo import MODELS, MethodSpec, Posterior, ZooInputError, get_model
+from zoo.methods import CLOSED_FORM, METHOD_ALIASES, NUTS_METHOD
 from zoo.tensors import to_numpy
 
 
@@ -116,7 +118,14 @@ class MethodRun:
     ``moments`` are exact moments of the reported sites where the method has them.
     ``elbo`` is the objective per step (``trace_label`` names it: the ELBO, the log joint of
     an L-BFGS fit, EM's log-likelihood). ``per_row`` holds per-datapoint outputs with their
-    dims (e.g. an encoder's latent means, dims ("obs", "latent")).
+    dims (e.g. an encoder's latent means, dims ("obs", "latent")). ``fitted`` is a guide
+    family's :class:`~guides.FitResult` (its guide and parameters), for evaluation hooks.
+    ``pushed`` names the deterministic sites added to ``draws`` by pushing them through the
+    model. ``log_lik`` holds the pointwise log-likelihood, (chain, draw, rows) per observed site
+    (``<obs>`` on the fitted rows, ``<obs>_test`` on held-out ones), where the run has
+    draws of the global sites; ``metrics`` numbers the model's evaluation hook measured.
+    What a report computes follows from what a run holds: several chains with sampler
+    statistics get MCMC diagnostics, a log-likelihood gets lpd and LOO, log weights PSIS.
     """
 
     method: str
@@ -132,6 +141,10 @@ class MethodRun:
     trace_label: str = "ELBO"
     per_row: dict[str, tuple[np.ndarray, tuple[str, ...]]] = field(default_factory=dict)
     stopped: bool = False
+    fitted: object | None = None
+    log_lik: dict[str, np.ndarray] = field(default_factory=dict)
+    pushed: tuple[str, ...] = ()
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class _Stopped(Exception):
@@ -238,15 +251,60 @@ class _CountingNUTS(NUTS):
         return z
 
 
+def _nuts_chain(posterior: Posterior, chain: int, *, seed: int, preset: Preset, guard, progress):
+    """One chain of NUTS (seed ``seed + chain``); its draws and the kernel (per-draw stats,
+    gradient evaluations). Raises :class:`_Stopped` where the guard stops it."""
+    guard.chain = chain
+    pyro.set_rng_seed(seed + chain)
+    # Each chain from its own start: the model's starting values where it has them (a
+    # mixture: k-means++ rows), else the median of prior draws.
+    init = init_to_median(num_samples=15)
+    if posterior.init_values is not None:
+        init = init_to_value(values=dict(posterior.init_values(seed + chain)), fallback=init)
+    kernel = _CountingNUTS(
+        posterior.forms.sample,
+        jit_compile=True,
+        ignore_jit_warnings=True,
+        init_strategy=init,
+        max_plate_nesting=posterior.max_plate_nesting,
+        max_tree_depth=preset.nuts_budget.max_tree_depth,
+        guard=guard,
+    )
+    mcmc = MCMC(
+        kernel,
+        num_samples=preset.num_samples,
+        warmup_steps=preset.num_warmup,
+        num_chains=1,
+        disable_progbar=not progress,
+    )
+    with warnings.catch_warnings():
+        # Pyro's JIT path calls torch.jit.trace, which torch 2.13 marks deprecated; the
+        # message is Pyro's to act on, not the user's.
+        warnings.filterwarnings(
+            "ignore", message=".*torch.jit.trace.* is deprecated", category=DeprecationWarning
+        )
+        try:
+            mcmc.run(**posterior.data)
+        except _Stopped as stop:
+            stop.kernel = kernel
+            raise
+    return {k: to_numpy(v) for k, v in mcmc.get_samples().items()}, kernel
+
+
 def run_nuts(
-    posterior: Posterior, *, seed: int, preset: Preset, progress: bool = False
+    posterior: Posterior,
+    method: MethodSpec = NUTS_METHOD,
+    *,
+    seed: int,
+    preset: Preset,
+    progress: bool = False,
 ) -> MethodRun:
     """Pyro NUTS (JIT-compiled potential), chains run one after another with seeds
     ``seed, seed + 1, ...``, so the result does not depend on the number of cores.
 
-    NUTS runs on ``Posterior.sampler_model`` where the model offers a faster form of the
-    same density (a mixture: the assignments summed out by ``MixtureSameFamily`` rather than
-    enumerated), else on ``Posterior.model``.
+    NUTS runs on ``posterior.forms.sample``: the density of the global latents with every
+    local latent summed out, in the fastest form the model offers (a mixture: the
+    assignments summed out by ``MixtureSameFamily`` rather than enumerated).
 
     ``preset.nuts_budget`` stops a run that is over its budget or cannot do its job (step
     size collapsed, trees at the maximum depth); the run then has no draws, ``stopped`` is
@@ -255,51 +313,27 @@ def run_nuts(
     stats: dict[str, list[np.ndarray]] = {"n_steps": [], "diverging": [], "step_size": []}
     guard = _Guard(preset.nuts_budget, preset.num_chains, preset.num_warmup, preset.num_samples)
     for chain in range(preset.num_chains):
-        guard.chain = chain
-        pyro.set_rng_seed(seed + chain)
-        # Each chain from its own start: the model's starting values where it has them (a
-        # mixture: k-means++ rows), else the median of prior draws.
-        init = init_to_median(num_samples=15)
-        if posterior.init_values is not None:
-            init = init_to_value(values=dict(posterior.init_values(seed + chain)), fallback=init)
-        kernel = _CountingNUTS(
-            posterior.sampler_model or posterior.model,
-            jit_compile=True,
-            ignore_jit_warnings=True,
-            init_strategy=init,
-            max_plate_nesting=posterior.max_plate_nesting,
-            max_tree_depth=preset.nuts_budget.max_tree_depth,
-            guard=guard,
-        )
-        mcmc = MCMC(
-            kernel,
-            num_samples=preset.num_samples,
-            warmup_steps=preset.num_warmup,
-            num_chains=1,
-            disable_progbar=not progress,
-        )
-        with warnings.catch_warnings():
-            # Pyro's JIT path calls torch.jit.trace, which torch 2.13 marks deprecated; the
-            # message is Pyro's to act on, not the user's.
-            warnings.filterwarnings(
-                "ignore", message=".*torch.jit.trace.* is deprecated", category=DeprecationWarning
+        try:
+            samples, kernel = _nuts_chain(
+                posterior, chain, seed=seed, preset=preset, guard=guard, progress=progress
             )
-            try:
-                mcmc.run(**posterior.data)
-            except _Stopped as stop:
-                return _stopped_nuts(str(stop), kernel, guard, preset)
-        chains.append({k: to_numpy(v) for k, v in mcmc.get_samples().items()})
+        except _Stopped as stop:
+            return _stopped_nuts(method.name, str(stop), stop.kernel, guard, preset)
+        chains.append(samples)
         kept = kernel.per_draw[-preset.num_samples :]
-        stats["n_steps"].append(np.array([s[0] for s in kept]))
-        stats["diverging"].append(np.array([s[1] for s in kept]))
-        stats["step_size"].append(np.array([s[2] for s in kept]))
+        for i, key in enumerate(("n_steps", "diverging", "step_size")):
+            stats[key].append(np.array([s[i] for s in kept]))
         guard.grad_evals_before += kernel.grad_evals
+    return _nuts_result(method.name, chains, stats, guard, preset, kernel._max_tree_depth)
+
+
+def _nuts_result(name, chains, stats, guard: _Guard, preset: Preset, max_depth: int) -> MethodRun:
     wall = time.perf_counter() - guard.start
     draws = {k: np.stack([c[k] for c in chains]) for k in chains[0]}
     sample_stats = {k: np.stack(v) for k, v in stats.items()}
     sample_stats["tree_depth"] = tree_depth(sample_stats["n_steps"])
     return MethodRun(
-        method="nuts",
+        method=name,
         draws=draws,
         cost={"wall_s": wall, "grad_evals": guard.grad_evals_before},
         diagnostics={
@@ -307,9 +341,7 @@ def run_nuts(
             "num_chains": preset.num_chains,
             "num_samples": preset.num_samples,
             "num_warmup": preset.num_warmup,
-            "max_tree_depth_share": float(
-                np.mean(sample_stats["tree_depth"] >= kernel._max_tree_depth)
-            ),
+            "max_tree_depth_share": float(np.mean(sample_stats["tree_depth"] >= max_depth)),
         },
         sample_stats=sample_stats,
     )
@@ -322,13 +354,15 @@ def tree_depth(n_steps: np.ndarray) -> np.ndarray:
     return np.ceil(np.log2(np.asarray(n_steps) + 1)).astype(int)
 
 
-def _stopped_nuts(reason: str, kernel: _CountingNUTS, guard: _Guard, preset: Preset) -> MethodRun:
+def _stopped_nuts(
+    name: str, reason: str, kernel: _CountingNUTS, guard: _Guard, preset: Preset
+) -> MethodRun:
     """A NUTS run that its guard stopped: no draws (what a stopped chain drew is not a
     sample of the posterior), its cost, and where it stopped."""
     last = kernel.per_draw[-1]
     iteration = len(kernel.per_draw)
     return MethodRun(
-        method="nuts",
+        method=name,
         draws={},
         cost={
             "wall_s": time.perf_counter() - guard.start,
@@ -349,151 +383,188 @@ def _stopped_nuts(reason: str, kernel: _CountingNUTS, guard: _Guard, preset: Pre
     )
 
 
-def run_svi(
-    posterior: Posterior, guide: str, *, seed: int, preset: Preset, progress: bool = False
+def _failed(method: MethodSpec, exc: Exception, start: float, point: bool) -> MethodRun:
+    return MethodRun(
+        method=method.name,
+        draws={},
+        cost={"wall_s": time.perf_counter() - start},
+        error=str(exc),
+        point=point,
+    )
+
+
+def _guide_draws(posterior: Posterior, result, spec, *, seed: int, num_draws: int):
+    """Draws of the global sites from a fitted guide and their log importance weights
+    (None for a guide without a density over them), one chain; nothing where the posterior
+    has no global sites. Draws are weighed by the form NUTS runs: the globals' log joint
+    with every local latent summed out, log w = log p(x, globals) - log q(globals)."""
+    guide = result.guide
+    sampler = getattr(guide, "globals", guide)
+    if sampler is None or not posterior.sites:
+        return {}, None, True
+    has_density = getattr(guide, "has_density", spec.has_density)
+    point = spec.point or not has_density
+    with result.active():
+        latent, log_w = draw(
+            sampler,
+            result.model,
+            posterior.data,
+            1 if point else num_draws,
+            seed=seed,
+            max_plate_nesting=posterior.max_plate_nesting,
+        )
+    return {k: v[None] for k, v in latent.items()}, (log_w[None] if has_density else None), point
+
+
+def _per_row(result, posterior: Posterior) -> dict[str, tuple[np.ndarray, tuple[str, ...]]]:
+    """Per-row outputs of a fitted guide that has some (an encoder's latent means)."""
+    outputs = getattr(result.guide, "per_row", None)
+    if not callable(outputs):
+        return {}
+    with result.active():
+        return dict(outputs(posterior.data))
+
+
+def run_guide(
+    posterior: Posterior,
+    method: MethodSpec,
+    *,
+    seed: int,
+    preset: Preset,
+    progress: bool = False,
 ) -> MethodRun:
-    """Fit the guide family by SVI, then draw from it (one chain of draws from q)."""
-    spec = get_guide(guide)
-    config = FitConfig(**{**preset.fit.__dict__, "progress": progress})
+    """Fit a guide family by SVI (L-BFGS for a point), then draw from it (one chain of draws
+    from q). The options are the method's, over the preset's for its family."""
+    spec = get_guide(method.family)
+    config = dataclasses.replace(preset.fit, progress=progress)
+    options = {**preset.guide_options.get(spec.name, {}), **method.options}
     start = time.perf_counter()
     try:
-        result = fit_guide(
-            spec.name,
-            posterior,
-            seed=seed,
-            config=config,
-            options=preset.guide_options.get(spec.name),
+        result = fit_guide(spec.name, posterior, seed=seed, config=config, options=options)
+        draws, log_w, point = _guide_draws(
+            posterior, result, spec, seed=seed + 1, num_draws=preset.num_draws
         )
     except (FitError, FloatingPointError) as exc:
-        return MethodRun(
-            method=spec.name,
-            draws={},
-            cost={"wall_s": time.perf_counter() - start},
-            error=str(exc),
-            point=spec.point,
-        )
-    point, has_density, sampler = spec.point, spec.has_density, result.guide
-    per_row: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {}
-    if spec.amortized:  # globals from their own guide; the encoder's means per row
-        sampler = result.guide.globals
-        has_density = result.guide.global_guide_name == "mean_field"
-        point = not has_density
-        x = posterior.data[posterior.local.input]
-        per_row[f"{posterior.local.site}_mean"] = (
-            to_numpy(result.guide.latent_means(x)),
-            ("obs", "latent"),
-        )
-    num_draws = 1 if point else preset.num_draws
-    # Draws are weighed by the form NUTS runs: the globals' log joint with every local
-    # latent summed out, so that log w = log p(x, globals) - log q(globals).
-    latent, log_w = draw(
-        sampler,
-        posterior.sampler_model or posterior.model,
-        posterior.data,
-        num_draws,
-        seed=seed + 1,
-        max_plate_nesting=posterior.max_plate_nesting,
-    )
+        return _failed(method, exc, start, spec.point)
     diagnostics: dict[str, float | int | str | bool] = {
         "final_elbo": result.final_elbo,
         "converged": bool(result.converged),
     }
     for key, value in result.info.items():
-        diagnostics[key] = value if isinstance(value, str | bool | int) else float(value)
+        if value is not None:
+            diagnostics[key] = value if isinstance(value, str | bool | int) else float(value)
     return MethodRun(
-        method=spec.name,
-        draws={k: v[None] for k, v in latent.items()},
+        method=method.name,
+        draws=draws,
         cost={"wall_s": result.wall_s, "grad_evals": result.grad_evals, "steps": result.steps},
         diagnostics=diagnostics,
         elbo=result.elbo,
-        log_weights=log_w[None] if has_density else None,
+        log_weights=log_w,
         point=point,
         trace_label="log joint (L-BFGS)" if spec.optimizer == "lbfgs" else "ELBO",
-        per_row=per_row,
+        per_row=_per_row(result, posterior),
+        fitted=result,
     )
 
 
 def run_closed_form(
-    posterior: Posterior, method: str, *, seed: int, preset: Preset, progress: bool = False
+    posterior: Posterior,
+    method: MethodSpec,
+    *,
+    seed: int,
+    preset: Preset,
+    progress: bool = False,
 ) -> MethodRun:
-    """A closed form of the model (exact posterior, ML, EM)."""
+    """A closed form of the model (exact posterior, ML, EM): ``posterior.closed_forms``
+    under the method's ``form`` option (its name by default)."""
+    form = str(method.options.get("form", method.name))
     start = time.perf_counter()
-    result = posterior.closed_forms[method](seed, preset.num_draws)
+    result = posterior.closed_forms[form](seed, preset.num_draws)
     wall = time.perf_counter() - start
     return MethodRun(
-        method=method,
+        method=method.name,
         draws={k: np.asarray(v)[None] for k, v in result.draws.items()},
         cost={"wall_s": wall},
         diagnostics=dict(result.info),
         moments=dict(result.moments) if result.moments is not None else None,
         point=result.point,
         elbo=None if result.trace is None else np.asarray(result.trace, dtype=float),
-        trace_label=f"log-likelihood ({method.upper()})",
+        trace_label=f"log-likelihood ({form.upper()})",
     )
 
 
+#: ``runner(posterior, method, *, seed, preset, progress) -> MethodRun``: one signature.
 Runner = Callable[..., MethodRun]
 
+#: The runner of each method family that is not a guide family (those run by
+#: :func:`run_guide`).
+RUNNERS: dict[str, Runner] = {NUTS_METHOD.family: run_nuts, CLOSED_FORM: run_closed_form}
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """A method of a comparison: its kind (mcmc, svi, closed form) and how to run it."""
 
-    name: str
-    kind: str
-    run: Runner
+def runner(method: MethodSpec) -> Runner:
+    """The runner of a method's family."""
+    if method.family in RUNNERS:
+        return RUNNERS[method.family]
+    get_guide(method.family)  # an unknown family is a clear error
+    return run_guide
 
 
 def available_methods(posterior: Posterior) -> dict[str, MethodSpec]:
     """The methods that apply to this posterior, in report order."""
+    return {m.name: m for m in posterior.methods}
+
+
+def _known_names() -> set[str]:
+    """Every method name some model has, so that a known name gets the reason it does not
+    apply here."""
+    closed = (m for model in MODELS.values() for m in model.closed_forms)
+    return {NUTS_METHOD.name, *GUIDES, *closed}
+
+
+def _unavailable(posterior: Posterior, name: str, available) -> ZooInputError:
     spec = get_model(posterior.model_name)
-    methods = {
-        name: MethodSpec(name, "closed form", run_closed_form) for name in posterior.closed_forms
-    }
-    methods["nuts"] = MethodSpec("nuts", "mcmc", run_nuts)
-    for guide in spec.guides:
-        methods[guide] = MethodSpec(guide, "svi", run_svi)
-    return methods
+    if name in GUIDES:
+        return ZooInputError(
+            f"guide '{name}' does not apply to {spec.name}; it takes: {', '.join(spec.guides)}"
+        )
+    hint = spec.closed_form_hints.get(name, "")
+    return ZooInputError(
+        f"method '{name}' is not available for this {spec.name} posterior"
+        + (f"; {hint}" if hint else f"; choose from: {', '.join(available)}")
+    )
 
 
-def resolve_methods(posterior: Posterior, names: list[str] | None) -> list[str]:
-    """Check requested method names (aliases allowed) against the posterior, clearly."""
+def resolve_methods(
+    posterior: Posterior, names: Sequence[str | MethodSpec] | None
+) -> list[MethodSpec]:
+    """The methods to run, checked against the posterior, clearly: names of its methods
+    (aliases allowed) or methods of your own (a :class:`~zoo.MethodSpec`, e.g. a second
+    encoder of ``amortized``); None: its default methods."""
     available = available_methods(posterior)
     if names is None:
-        if posterior.default_methods is None:
-            return list(available)
-        return [m for m in available if m in posterior.default_methods]
-    spec = get_model(posterior.model_name)
-    resolved: list[str] = []
-    # Every method some model has, so that a known name gets the reason it does not apply.
-    known = {"nuts", *GUIDES, *(m for model in MODELS.values() for m in model.closed_forms)}
+        return [m for m in available.values() if m.default]
+    resolved: dict[str, MethodSpec] = {}
     for raw in names:
-        name = ALIASES.get(raw, raw)
-        if name not in known:
-            raise ZooInputError(f"unknown method '{raw}'; choose from: {', '.join(available)}")
+        if isinstance(raw, MethodSpec):
+            runner(raw)
+            resolved.setdefault(raw.name, raw)
+            continue
+        name = METHOD_ALIASES.get(raw, raw)
         if name not in available:
-            if name in GUIDES:
-                raise ZooInputError(
-                    f"guide '{name}' does not apply to {spec.name};"
-                    f" it takes: {', '.join(spec.guides)}"
-                )
-            hint = spec.closed_form_hints.get(name, "")
-            raise ZooInputError(
-                f"method '{name}' is not available for this {spec.name} posterior"
-                + (f"; {hint}" if hint else f"; choose from: {', '.join(available)}")
-            )
-        if name not in resolved:
-            resolved.append(name)
-    return resolved
+            if name not in _known_names():
+                raise ZooInputError(f"unknown method '{raw}'; choose from: {', '.join(available)}")
+            raise _unavailable(posterior, name, available)
+        resolved.setdefault(name, available[name])
+    return list(resolved.values())
 
 
 def run_method(
-    posterior: Posterior, method: str, *, seed: int, preset: Preset, progress: bool = False
+    posterior: Posterior,
+    method: MethodSpec,
+    *,
+    seed: int,
+    preset: Preset,
+    progress: bool = False,
 ) -> MethodRun:
     """Run one resolved method."""
-    spec = available_methods(posterior)[method]
-    if spec.kind == "svi":
-        return spec.run(posterior, method, seed=seed, preset=preset, progress=progress)
-    if spec.kind == "closed form":
-        return spec.run(posterior, method, seed=seed, preset=preset)
-    return spec.run(posterior, seed=seed, preset=preset, progress=progress)
+    return runner(method)(posterior, method, seed=seed, preset=preset, progress=progress)

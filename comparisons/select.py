@@ -15,7 +15,7 @@ from pathlib import Path
 
 import arviz as az
 
-from comparisons.compare import Comparison, OnMethod, compare, write
+from comparisons.compare import Comparison, OnMethod, compare
 from comparisons.inputs import check_seed, check_writable, parse_ks
 from comparisons.metrics import KHAT_BAD, reference_status
 from comparisons.runners import Preset
@@ -44,8 +44,8 @@ def select_components(
     seed: int = 0,
     preset: str | Preset = "full",
     out_dir: str | Path | None = None,
-    progress: bool = False,
     on_method: OnMethod | None = None,
+    progress: bool = False,
 ) -> Comparison:
     """Compare numbers of components K by three criteria, one comparison per K.
 
@@ -62,6 +62,9 @@ def select_components(
         ``on_method(method, info)`` as each method of each K finishes, ``info`` as in
         :func:`~comparisons.compare.compare` plus ``k``.
 
+    ``seed``, ``preset``, ``out_dir`` and ``progress`` are as in
+    :func:`~comparisons.compare.compare`.
+
     Returns
     -------
     Comparison
@@ -69,15 +72,8 @@ def select_components(
         the criteria per K (``elpd_loo`` with its standard error from NUTS, ``elbo`` of
         mean-field, ``bic`` of EM), the K each prefers and ArviZ's ``compare`` table.
     """
-    ks = [int(k) for k in ks]
-    if len(set(ks)) != len(ks):
-        raise ZooInputError("a number of components is listed twice; list each K once")
-    if len(ks) < 2:
-        raise ZooInputError("choosing K needs at least two values, e.g. --num-components 1,2,3")
+    ks, seed = _check_inputs(ks, seed, out_dir)
     methods = list(methods or SELECTION_METHODS)
-    seed = check_seed(seed)
-    if out_dir is not None:
-        check_writable(Path(out_dir))
     posteriors = {k: make_posterior(k) for k in ks}  # bad input fails before any fit
     start = time.perf_counter()
     per_k: dict[int, Comparison] = {}
@@ -92,6 +88,31 @@ def select_components(
             progress=progress,
             on_method=None if on_method is None else _with_k(on_method, k),
         )
+    comparison = _merge(per_k, ks, methods, seed, start)
+    return comparison.save(out_dir) if out_dir is not None else comparison
+
+
+def _check_inputs(
+    ks: Sequence[int], seed: int, out_dir: str | Path | None
+) -> tuple[list[int], int]:
+    """The K as whole numbers (each listed once, at least two) and the checked seed; the
+    output folder, when given, must be writable."""
+    ks = [int(k) for k in ks]
+    if len(set(ks)) != len(ks):
+        raise ZooInputError("a number of components is listed twice; list each K once")
+    if len(ks) < 2:
+        raise ZooInputError("choosing K needs at least two values, e.g. --num-components 1,2,3")
+    seed = check_seed(seed)
+    if out_dir is not None:
+        check_writable(Path(out_dir))
+    return ks, seed
+
+
+def _merge(
+    per_k: dict[int, Comparison], ks: list[int], methods: list[str], seed: int, start: float
+) -> Comparison:
+    """One comparison holding every K's fits as ``<method>-k<K>``, with the criteria and the
+    time since ``start`` (``time.perf_counter``)."""
     records, idatas = {}, {}
     for k, comparison in per_k.items():
         for method, record in comparison.results["methods"].items():
@@ -117,12 +138,7 @@ def select_components(
     }
     if "truth" in first:
         results["truth"] = first["truth"]
-    comparison = Comparison(results=results, idata=idatas)
-    if out_dir is not None:
-        tick = time.perf_counter()
-        comparison.out_dir = write(comparison, Path(out_dir))
-        comparison.write_s = time.perf_counter() - tick
-    return comparison
+    return Comparison(results=results, idata=idatas)
 
 
 def _with_k(on_method: OnMethod, k: int) -> OnMethod:
@@ -187,46 +203,16 @@ def criteria(per_k: dict[int, Comparison]) -> dict:
     rows = []
     loo_inputs = {}
     for k, comparison in per_k.items():
-        recs = comparison.results["methods"]
-        row: dict[str, float | int] = {"k": k}
-        nuts = recs.get("nuts", {})
-        if "elpd_loo" in nuts.get("metrics", {}):
-            row["elpd_loo"] = nuts["metrics"]["elpd_loo"]
-            row["elpd_loo_se"] = nuts["metrics"].get("elpd_loo_se", math.nan)
+        rows.append(_criteria_row(k, comparison.results["methods"]))
+        if "elpd_loo" in rows[-1]:
             loo_inputs[f"k{k}"] = comparison.idata["nuts"]
-            obs = next(iter(comparison.idata["nuts"].observed_data.data_vars))
-        mean_field = recs.get("mean_field", {}).get("diagnostics", {})
-        if isinstance(mean_field.get("final_elbo"), float | int):
-            row["elbo"] = float(mean_field["final_elbo"])
-        em = recs.get("em", {}).get("diagnostics", {})
-        if isinstance(em.get("bic"), float | int):
-            row["bic"] = float(em["bic"])
-        flags = _flags(recs)
-        if flags:
-            row["flags"] = flags
-        rows.append(row)
     chosen: dict[str, int] = {}
-    table: list[dict] = []
     for key, best in (("elpd_loo", max), ("elbo", max), ("bic", min)):
         have = [r for r in rows if key in r]
         if have:
             chosen[key] = int(best(have, key=lambda r: r[key])["k"])
-    if len(loo_inputs) >= 2:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pareto-k warnings: loo_khat_* say it per method
-            # The fitted rows' log-likelihood; held-out rows (<obs>_test) are not LOO's.
-            frame = az.compare(loo_inputs, ic="loo", var_name=obs)
-        for name, entry in frame.iterrows():
-            table.append(
-                {
-                    "k": int(str(name)[1:]),
-                    "rank": int(entry["rank"]),
-                    "elpd_loo": float(entry["elpd_loo"]),
-                    "elpd_diff": float(entry["elpd_diff"]),
-                    "dse": float(entry["dse"]),
-                    "weight": float(entry["weight"]),
-                }
-            )
+    table = _loo_table(loo_inputs)
+    if table:
         within = [t["k"] for t in table if t["elpd_diff"] <= t["dse"]]
         chosen["elpd_loo_one_se"] = int(min(within))
     warned = {}
@@ -235,6 +221,48 @@ def criteria(per_k: dict[int, Comparison]) -> dict:
         if text:
             warned[key] = text
     return {"criteria": rows, "chosen": chosen, "warnings": warned, "loo_compare": table}
+
+
+def _criteria_row(k: int, recs: dict) -> dict:
+    """One K's criteria from its methods' records: ``elpd_loo`` (and its ``_se``) of NUTS,
+    ``elbo`` of mean-field, ``bic`` of EM, and ``flags`` when any fit is flagged."""
+    row: dict[str, float | int] = {"k": k}
+    nuts = recs.get("nuts", {})
+    if "elpd_loo" in nuts.get("metrics", {}):
+        row["elpd_loo"] = nuts["metrics"]["elpd_loo"]
+        row["elpd_loo_se"] = nuts["metrics"].get("elpd_loo_se", math.nan)
+    mean_field = recs.get("mean_field", {}).get("diagnostics", {})
+    if isinstance(mean_field.get("final_elbo"), float | int):
+        row["elbo"] = float(mean_field["final_elbo"])
+    em = recs.get("em", {}).get("diagnostics", {})
+    if isinstance(em.get("bic"), float | int):
+        row["bic"] = float(em["bic"])
+    flags = _flags(recs)
+    if flags:
+        row["flags"] = flags
+    return row
+
+
+def _loo_table(loo_inputs: dict) -> list[dict]:
+    """ArviZ's ``compare`` of the NUTS fits by PSIS-LOO, one entry per K ([] under two)."""
+    if len(loo_inputs) < 2:
+        return []
+    # The fitted rows' log-likelihood; held-out rows (<obs>_test) are not LOO's.
+    obs = next(iter(list(loo_inputs.values())[-1].observed_data.data_vars))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pareto-k warnings: loo_khat_* say it per method
+        frame = az.compare(loo_inputs, ic="loo", var_name=obs)
+    return [
+        {
+            "k": int(str(name)[1:]),
+            "rank": int(entry["rank"]),
+            "elpd_loo": float(entry["elpd_loo"]),
+            "elpd_diff": float(entry["elpd_diff"]),
+            "dse": float(entry["dse"]),
+            "weight": float(entry["weight"]),
+        }
+        for name, entry in frame.iterrows()
+    ]
 
 
 def _warning(key: str, k: int, rows: list[dict]) -> str:

@@ -15,18 +15,21 @@ from zoo.lazy import lazy_names
 
 if TYPE_CHECKING:
     from guides.amortized import AmortizedGuide
+    from guides.checkpoint import Checkpoint
     from guides.encoders import ENCODERS
-    from guides.fit import FitConfig, FitError, FitResult, draw, fit, fit_guide
+    from guides.fit import FitConfig, FitError, FitResult, Target, draw, fit, fit_guide
     from guides.laplace import LaplaceGuide
 
 #: Names served from a submodule on first use, so that ``import guides`` stays light.
 _LAZY = {
     "AmortizedGuide": "guides.amortized",
+    "Checkpoint": "guides.checkpoint",
     "ENCODERS": "guides.encoders",
     "FitConfig": "guides.fit",
     "FitError": "guides.fit",
     "FitResult": "guides.fit",
     "LaplaceGuide": "guides.laplace",
+    "Target": "guides.fit",
     "draw": "guides.fit",
     "fit": "guides.fit",
     "fit_guide": "guides.fit",
@@ -36,12 +39,14 @@ __all__ = [
     "ALIASES",
     "ENCODERS",
     "AmortizedGuide",
+    "Checkpoint",
     "GUIDES",
     "FitConfig",
     "FitError",
     "FitResult",
     "GuideSpec",
     "LaplaceGuide",
+    "Target",
     "draw",
     "fit",
     "fit_guide",

@@ -13,6 +13,7 @@ from pyro.nn import PyroModule
 from guides.encoders import ENCODERS
 from guides.whiten import WhitenedDiagonalNormal, WhitenedPoint
 from zoo import LocalLatents, ZooInputError
+from zoo.tensors import to_numpy
 
 #: Guides for the global latents of an amortized guide.
 GLOBAL_GUIDES = {"delta": WhitenedPoint, "mean_field": WhitenedDiagonalNormal}
@@ -35,8 +36,9 @@ class AmortizedGuide(PyroModule):
     ----------
     model : callable
         The model with explicit local latents (e.g. ``Posterior.local_model``).
-    local : LocalLatents
-        Which site is local, its size, the data keyword the encoder reads and the plate.
+    local : LocalLatents or tuple of LocalLatents
+        Which sites are local, their sizes, the data keyword each encoder reads and the
+        plate; one encoder a site, each reading the data (``Posterior.locals``).
     encoder : str
         A key of :data:`guides.encoders.ENCODERS` (``linear`` or ``mlp``).
     global_guide : str or None
@@ -51,7 +53,7 @@ class AmortizedGuide(PyroModule):
         self,
         model: Callable[..., object],
         *,
-        local: LocalLatents,
+        local: LocalLatents | tuple[LocalLatents, ...],
         encoder: str = "linear",
         global_guide: str | None = "delta",
         init_loc_fn=None,
@@ -68,7 +70,8 @@ class AmortizedGuide(PyroModule):
                 f"unknown guide for the globals '{global_guide}'; choose one of:"
                 f" {', '.join(GLOBAL_GUIDES)}"
             )
-        self.local = local
+        self.locals = (local,) if isinstance(local, LocalLatents) else tuple(local)
+        self.local = self.locals[0]
         self.encoder_name = encoder
         self.global_guide_name = global_guide
         self.model = model
@@ -77,34 +80,68 @@ class AmortizedGuide(PyroModule):
             None
             if global_guide is None
             else GLOBAL_GUIDES[global_guide](
-                poutine.block(model, hide=[local.site]), shift=shift, scale=scale, **kwargs
+                poutine.block(model, hide=[site.site for site in self.locals]),
+                shift=shift,
+                scale=scale,
+                **kwargs,
             )
         )
-        self._encoder: torch.nn.Module | None = None
+        self._encoders: dict[str, torch.nn.Module] = {}
         #: While True, the globals are drawn without gradient: an SVI step trains the
         #: encoder alone (the warm-up of :func:`guides.fit_guide`).
         self.freeze_globals = False
 
-    def encoder(self, x: torch.Tensor) -> torch.nn.Module:
-        """The encoder module (built on first use, when the input width is known)."""
-        if self._encoder is None:
-            module = ENCODERS[self.encoder_name].build(x.detach(), self.local.dim)
-            self._encoder = module.to(dtype=x.dtype, device=x.device)
-        return self._encoder
+    @property
+    def needs_warm_up(self) -> bool:
+        """The encoder first learns alone, the globals held at their start (see
+        :func:`guides.fit_guide`), where there are globals."""
+        return self.globals is not None
+
+    @property
+    def has_density(self) -> bool:
+        """Draws of the globals come with log q (a mean-field guide of them, not a point)."""
+        return self.global_guide_name == "mean_field"
+
+    def per_row(self, data) -> dict[str, tuple[object, tuple[str, ...]]]:
+        """The encoders' latent means of every row of ``data``, with their dims, for the
+        report (``<site>_mean``: (obs, latent) for the first site, (obs, latent_<site>) for
+        the others)."""
+        out = {}
+        for site in self.locals:
+            dim = "latent" if site is self.local else f"latent_{site.site}"
+            means = to_numpy(self.latent_means(data[site.input], site))
+            out[f"{site.site}_mean"] = (means, ("obs", dim))
+        return out
+
+    def describe(self) -> dict[str, object]:
+        """Notes on the fitted guide for its diagnostics."""
+        return {"encoder": self.encoder_name, "global_guide": self.global_guide_name}
+
+    def encoder(self, x: torch.Tensor, site: LocalLatents | None = None) -> torch.nn.Module:
+        """The encoder module of ``site`` (the first local site by default), built on first
+        use, when the input width is known."""
+        site = site or self.local
+        if site.site not in self._encoders:
+            module = ENCODERS[self.encoder_name].build(x.detach(), site.dim)
+            self._encoders[site.site] = module.to(dtype=x.dtype, device=x.device)
+        return self._encoders[site.site]
 
     def forward(self, *args, **kwargs):
         values = {}
         if self.globals is not None:
             with torch.set_grad_enabled(not self.freeze_globals):
                 values = self.globals(*args, **kwargs)
-        x = kwargs[self.local.input]
-        net = pyro.module(f"{self._pyro_name}.encoder", self.encoder(x))
-        size = x.shape[-2]
-        with pyro.plate(self.local.plate, size, subsample_size=kwargs.get("subsample_size")) as idx:
-            values[self.local.site] = pyro.sample(self.local.site, net(x[idx]))
+        for site in self.locals:
+            x = kwargs[site.input]
+            name = "encoder" if site is self.local else f"encoder_{site.site}"
+            net = pyro.module(f"{self._pyro_name}.{name}", self.encoder(x, site))
+            size = x.shape[-2]
+            subsample = kwargs.get("subsample_size")
+            with pyro.plate(site.plate, size, subsample_size=subsample) as idx:
+                values[site.site] = pyro.sample(site.site, net(x[idx]))
         return values
 
     @torch.no_grad()
-    def latent_means(self, x: torch.Tensor) -> torch.Tensor:
-        """The mean of q(z | x) for every row of ``x`` (N, K)."""
-        return self.encoder(x)(x).mean
+    def latent_means(self, x: torch.Tensor, site: LocalLatents | None = None) -> torch.Tensor:
+        """The mean of q(z | x) for every row of ``x`` (N, K), of ``site`` (the first)."""
+        return self.encoder(x, site)(x).mean

@@ -57,5 +57,7 @@ class FlowGuide(Whitened, _Flow):
 
     def get_posterior(self, *args, **kwargs):
         base = Normal(torch.zeros_like(self.loc), torch.ones_like(self.loc)).to_event(1)
-        affine = AffineTransform(self._to_u(self.loc), self.white_scale * self.scale)
+        # cache_size=1: log q of a draw reuses the layers' forward pass; without it Pyro inverts
+        # the autoregressive layers one coordinate at a time (and in the default dtype).
+        affine = AffineTransform(self._to_u(self.loc), self.white_scale * self.scale, cache_size=1)
         return TransformedDistribution(base, [*self.layers, affine])

@@ -99,6 +99,14 @@ class LaplaceGuide(AutoLaplaceApproximation):
             )
         return h
 
+    def finalize(self, data, objective) -> tuple[AutoMultivariateNormal, dict[str, object], int]:
+        """What a fit of this family returns once L-BFGS has found the mode: the Gaussian
+        there (:meth:`laplace_approximation`), notes on its Hessian, and the gradient
+        evaluations the Hessian cost (two a coordinate)."""
+        guide = self.laplace_approximation(**data, **objective)
+        info = {"hessian": self.hessian_status, "hessian_min_eig": self.hessian_min_eig}
+        return guide, info, 2 * self.latent_dim
+
     def laplace_approximation(
         self, *args, loss_model=None, elbo=None, **kwargs
     ) -> AutoMultivariateNormal:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from zoo.errors import ZooInputError
+from zoo.methods import METHOD_ALIASES
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,9 @@ class GuideSpec:
     objective (a point: the log joint), ``"adam"`` for a stochastic ELBO. ``whiten``: the
     guide takes ``shift`` and ``scale`` and is fitted in whitened coordinates
     (:mod:`guides.whiten`). ``amortized``: the guide covers per-datapoint latents with an
-    encoder and needs the model's ``LocalLatents``.
+    encoder and needs the model's ``LocalLatents``. ``dense_start``: with ``init="map"``
+    the guide starts at the Laplace approximation (a dense covariance) rather than at a
+    diagonal whitening.
     """
 
     name: str
@@ -46,6 +49,7 @@ class GuideSpec:
     optimizer: str = "adam"
     whiten: bool = False
     amortized: bool = False
+    dense_start: bool = False
 
 
 #: How a guide's location is initialized (see ``FitConfig.init``).
@@ -86,6 +90,7 @@ GUIDES: dict[str, GuideSpec] = {
         "full-rank: multivariate normal with a dense covariance",
         _Deferred("guides.whiten:WhitenedMultivariateNormal"),
         whiten=True,
+        dense_start=True,
     ),
     "flow": GuideSpec(
         "flow",
@@ -105,7 +110,8 @@ GUIDES: dict[str, GuideSpec] = {
     ),
 }
 
-ALIASES: dict[str, str] = {"map": "delta"}
+#: Other names of guide families: the one alias table of methods (``zoo.methods``).
+ALIASES: dict[str, str] = METHOD_ALIASES
 
 
 def get_guide(name: str) -> GuideSpec:

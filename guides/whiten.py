@@ -96,6 +96,18 @@ class MovingCovariance:
         self._moving_squares = cov**2 if squares is None else squares + cov**2
         self._moving_count = getattr(self, "_moving_count", 0) + 1
 
+    _HISTORY = ("_moving_sum", "_moving_squares", "_moving_count", "_moving_last")
+
+    def history_state(self) -> dict[str, object]:
+        """What :meth:`still_moving` remembers, for a checkpoint of the fit."""
+        return {k: getattr(self, k, None) for k in self._HISTORY}
+
+    def load_history_state(self, state: dict[str, object]) -> None:
+        for k in self._HISTORY:
+            setattr(self, k, state.get(k))
+        if self._moving_count is None:
+            self._moving_count = 0
+
     def still_moving(self) -> bool:
         """True when the covariance, averaged over the steps since the last call, differs
         from the previous call's average by more than :attr:`MOVING_RTOL` of its size and by

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import validate
 
 import comparisons.cli as cli_module
@@ -559,7 +560,7 @@ def test_a_rerun_leaves_only_its_own_files_with_the_umask(workdir, capsys, monke
     real_run = cmp.run_method
 
     def run_method(posterior, method, **kwargs):
-        events.append(("run", method))
+        events.append(("run", method.name))
         return real_run(posterior, method, **kwargs)
 
     monkeypatch.setattr(cmp, "run_method", run_method)
@@ -623,3 +624,20 @@ def test_progress_bars_follow_the_terminal(monkeypatch):
     parser = cli_module.build_parser()
     assert parser.parse_args([*LR, "--no-progress"]).progress is False
     assert parser.parse_args([*LR, "--progress"]).progress is True
+
+
+def test_the_command_leaves_the_default_dtype_alone_and_computes_in_float64(workdir, capsys):
+    # The library never changes process-wide defaults: zoo used to set float64 for the whole
+    # process. Run under a float32 default, the same command gives the same numbers as under
+    # float64 (the posterior is float64 by construction) and leaves float32 in place.
+    argv = [*LR, "--dataset", "simulated", "--prior", "conjugate", "--methods", "map,laplace"]
+    argv.append("--no-progress")
+    found = {}
+    for dtype in (torch.float64, torch.float32):
+        torch.set_default_dtype(dtype)  # the autouse fixture restores float64 afterwards
+        code, _, err = _zoo([*argv, "--out-dir", f"out-{dtype}"], capsys)
+        assert code == 0, err
+        assert torch.get_default_dtype() == dtype
+        results = json.loads((workdir / f"out-{dtype}" / "results.json").read_text())
+        found[dtype] = {m: r["summary"] for m, r in results["methods"].items()}
+    assert found[torch.float32] == found[torch.float64]

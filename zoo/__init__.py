@@ -14,15 +14,17 @@ import importlib
 from typing import TYPE_CHECKING
 
 from zoo.errors import ZooInputError
+from zoo.methods import MethodSpec
 from zoo.registry import MODELS, ModelSpec, get_model
 
 if TYPE_CHECKING:
-    from zoo.posterior import ClosedForm, LocalLatents, Posterior, Relabelled
+    from zoo.posterior import ClosedForm, LocalLatents, ModelForms, Posterior, Relabelled
 
 #: Names served from a submodule on first use, so that ``import zoo`` stays light.
 _LAZY = {
     "ClosedForm": "zoo.posterior",
     "LocalLatents": "zoo.posterior",
+    "ModelForms": "zoo.posterior",
     "Posterior": "zoo.posterior",
     "Relabelled": "zoo.posterior",
 }
@@ -31,6 +33,8 @@ __all__ = [
     "MODELS",
     "ClosedForm",
     "LocalLatents",
+    "MethodSpec",
+    "ModelForms",
     "ModelSpec",
     "Posterior",
     "Relabelled",

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from zoo.methods import MethodSpec
+
 
 def bind(fn: Callable[..., object], **options: object) -> Callable[..., object]:
     """``fn`` with its model options bound (called as ``bound(**data)``), keeping its name and
@@ -55,16 +57,58 @@ class PredictiveGrid:
 
 @dataclass(frozen=True)
 class LocalLatents:
-    """Per-datapoint latents of a model, for amortized guides (an encoder q(site | input)).
+    """Per-datapoint latents of a model, for amortized and per-row guides.
 
     ``site`` is the latent site, a vector of size ``dim`` per row inside the plate named
-    ``plate``; ``input`` is the data keyword the encoder reads (the observation).
+    ``plate``; ``input`` is the data keyword an encoder reads (the observation);
+    ``parent``, where set, names the local site this one is drawn given in the model (a
+    two-level model's lower layer given the upper one), which a guide may condition on.
     """
 
     site: str
     dim: int
     input: str
     plate: str = "data"
+    parent: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelForms:
+    """The model's Pyro functions, each named by the job it does; each is called as
+    ``form(**data)`` with the posterior's data, and all share the global latent sites.
+
+    ``fit``: the form a guide of the global latents is fitted to (a model's discrete local
+    sites enumerated in it, continuous ones integrated out); its deterministic sites are the
+    derived quantities reported. None for a model without global latents.
+    ``sample``: log p(x, globals) with every local latent summed or integrated out, as fast
+    as the model can give it (a mixture's ``MixtureSameFamily``): NUTS runs it and a guide's
+    draws are weighed by it. None: ``fit``.
+    ``likelihood``: the form whose observation site holds p(x_n | globals) per row (every
+    local latent summed or integrated out): pointwise log-likelihood, LOO, predictive
+    draws. None: ``sample``.
+    ``local``: every latent explicit, per-row sites in the data plate (``locals`` describes
+    them): amortized and per-row guides fit it. None: the model offers no such form.
+
+    A model with networks (a decoder) has no global latent sites: ``fit`` is None and only
+    ``local`` is given; its networks are parameters of that form.
+    """
+
+    fit: Callable[..., object] | None = None
+    sample: Callable[..., object] | None = None
+    likelihood: Callable[..., object] | None = None
+    local: Callable[..., object] | None = None
+    locals: tuple[LocalLatents, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Defaults set in one place: each job falls back to the form before it.
+        if self.sample is None:
+            object.__setattr__(self, "sample", self.fit)
+        if self.likelihood is None:
+            object.__setattr__(self, "likelihood", self.sample)
+        if self.local is not None and not self.locals:
+            raise ValueError("a local form needs its LocalLatents (locals=...)")
+        if self.fit is None and self.local is None:
+            raise ValueError("a model needs a fit form (global latents) or a local form")
 
 
 @dataclass(frozen=True)
@@ -85,8 +129,8 @@ class Posterior:
 
     Attributes
     ----------
-    model : callable
-        The Pyro model with its options bound; call it as ``model(**data)``.
+    forms : ModelForms
+        The model's Pyro functions by purpose, options bound (see :class:`ModelForms`).
     data, test_data : mapping
         Keyword arguments of the model on the fitted and on the held-out rows (the
         observation included). ``test_data`` is None when nothing is held out.
@@ -94,25 +138,19 @@ class Posterior:
         Name of the observed site whose pointwise log-likelihood LOO uses.
     sites : tuple of str
         The global latent quantities reported (ArviZ variables, results.json keys), in
-        constrained space and original units; some may be deterministic sites.
+        constrained space and original units; some may be deterministic sites. Empty for a
+        model without global latents (a VAE: its decoder is a network, fitted as a point).
     dims, coords : mapping
         ArviZ dims of each reported site and coordinate values of each dim.
+    methods : tuple of MethodSpec
+        The methods that apply, in report order (see :func:`zoo.methods.declare_methods`).
     closed_forms : mapping
-        Method name (``exact``, ``ml``, ``em``) to ``fn(seed, num_draws) -> ClosedForm``.
-    marginal_model : callable, optional
-        The same model with every local latent (discrete or continuous) summed or integrated
-        out, called as ``marginal_model(**data)``, with the same global sites and the
-        observation at ``obs_site`` holding p(x_n | globals) per row. The pointwise
-        log-likelihood, LOO, predictive draws and importance weights use it. None when
-        ``model`` has no local latents (it is its own marginal).
-    sampler_model : callable, optional
-        The form NUTS runs and a guide's draws are weighed by (log p(x, globals) for PSIS),
-        where it differs from ``model``: the same density with every local latent summed
-        out, computed faster (a mixture's ``MixtureSameFamily`` rather than enumeration). A
-        model that enumerates discrete sites must give one. None: ``model``.
-    local_model, local : callable and LocalLatents, optional
-        The form with explicit per-datapoint latents that amortized guides fit (PPCA's
-        ``z``), and a description of those latents. None when the model offers none.
+        Closed-form name (``exact``, ``ml``, ``em``) to ``fn(seed, num_draws) ->
+        ClosedForm``; the methods of family ``closed_form`` run them.
+    build_forms : callable, optional
+        ``build_forms(seed) -> ModelForms``: fresh forms for one method, with the model's
+        networks built anew from ``seed``, so that no two methods share a network. None:
+        ``forms`` serve every method (a model without networks).
     relabel : callable, optional
         ``relabel(draws, reference) -> Relabelled`` for a model whose labels are arbitrary
         (mixture components). ``draws`` maps site names to arrays (chain, draw, *shape);
@@ -125,10 +163,6 @@ class Posterior:
     num_starts : int
         How many starting points an optimizer should try on this posterior, the best kept
         (more than 1 where there are several modes, as in a mixture).
-    default_methods : tuple of str, optional
-        The methods a comparison runs when none are named; None: all that apply. A posterior
-        on which one would take hours (NUTS on PPCA of digits) leaves it out and says why in
-        its ``description``.
     identified : callable, optional
         ``identified(draws) -> {name: array}``: functions of the global sites that the data
         identify, from draws with leading (chain, draw) axes, kept beside the sites in each
@@ -148,39 +182,52 @@ class Posterior:
         (plain floats), with ``draws``/``reference`` flat: site -> array (S, *shape);
         ``reference`` may be None. Used where raw parameters are not identified (PPCA's
         rotations) or to compare with the truth of simulated data.
+    evaluate : callable, optional
+        ``evaluate(posterior, run) -> {"metrics": {...}, "diagnostics": {...}}``: numbers
+        that need a method's whole run (its fitted guide, ``run.fitted``), such as an
+        importance-weighted log p(x) or a test ELBO; called once per method that ran.
     """
 
     model_name: str
     dataset: str
-    model: Callable[..., object]
+    forms: ModelForms
     data: Mapping[str, torch.Tensor]
     test_data: Mapping[str, torch.Tensor] | None
     obs_site: str
     sites: tuple[str, ...]
     dims: Mapping[str, list[str]]
     coords: Mapping[str, list]
+    methods: tuple[MethodSpec, ...] = ()
     closed_forms: Mapping[str, Callable[[int, int], ClosedForm]] = field(default_factory=dict)
+    build_forms: Callable[[int], ModelForms] | None = None
     grid: PredictiveGrid | None = None
     truth: Mapping[str, np.ndarray] | None = None
     description: Mapping[str, str] = field(default_factory=dict)
     max_plate_nesting: int = 1
-    marginal_model: Callable[..., object] | None = None
-    sampler_model: Callable[..., object] | None = None
-    local_model: Callable[..., object] | None = None
-    local: LocalLatents | None = None
     relabel: Callable[..., Relabelled] | None = None
     accuracy_sites: tuple[str, ...] | None = None
     row_labels: np.ndarray | None = None
     init_values: Callable[[int], Mapping[str, torch.Tensor]] | None = None
     num_starts: int = 1
-    default_methods: tuple[str, ...] | None = None
     identified: Callable[..., dict[str, np.ndarray]] | None = None
     extra_metrics: Callable[..., dict[str, float]] | None = None
+    evaluate: Callable[..., dict[str, dict]] | None = None
+
+    def forms_for(self, seed: int) -> ModelForms:
+        """The forms one method runs: fresh networks from ``seed`` where the model has some
+        (``build_forms``), else ``forms``."""
+        return self.forms if self.build_forms is None else self.build_forms(seed)
 
     @property
-    def likelihood_model(self) -> Callable[..., object]:
-        """The model whose observation site gives p(x_n | globals): the marginal form."""
-        return self.marginal_model if self.marginal_model is not None else self.model
+    def model(self) -> Callable[..., object]:
+        """The form a guide of the global latents is fitted to (``forms.fit``), for scripts:
+        ``fit_guide("mean_field", post.model, seed=0, **post.data)``."""
+        return self.forms.fit
+
+    @property
+    def locals(self) -> tuple[LocalLatents, ...]:
+        """The per-datapoint latent sites of the local form (none without one)."""
+        return self.forms.locals
 
     @property
     def num_data(self) -> int:
@@ -189,3 +236,12 @@ class Posterior:
     @property
     def num_test(self) -> int:
         return 0 if self.test_data is None else int(self.test_data[self.obs_site].shape[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type of the data, which every method computes in."""
+        return self.data[self.obs_site].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.data[self.obs_site].device

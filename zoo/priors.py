@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
+from torch.distributions.transforms import PowerTransform
 
 #: The families of a positive scale's prior (``sigma``), by name.
 SCALE_PRIORS = ("exponential", "half_normal", "half_cauchy")
@@ -19,3 +20,26 @@ def scale_prior(kind: str, scale: torch.Tensor) -> dist.Distribution:
     if kind == "half_cauchy":
         return dist.HalfCauchy(scale)
     raise ValueError(f"unknown scale prior '{kind}'; choose from: {', '.join(SCALE_PRIORS)}")
+
+
+def sigma_distribution(
+    kind: str,
+    scale: float,
+    *,
+    dtype: torch.dtype,
+    device: torch.device | None = None,
+    conjugate_shape: float | None = None,
+) -> dist.Distribution:
+    """The prior of a model's noise sd ``sigma``, as a distribution on sigma.
+
+    Without ``conjugate_shape``, :func:`scale_prior` of family ``kind`` at ``scale``; with it
+    (a0, the conjugate regression's), ``sigma^2 ~ InverseGamma(a0, a0 scale^2)`` and sigma its
+    square root (``kind`` is then unused).
+    """
+    scale_t = torch.tensor(scale, dtype=dtype, device=device)
+    if conjugate_shape is None:
+        return scale_prior(kind, scale_t)
+    shape = torch.tensor(conjugate_shape, dtype=dtype, device=device)
+    variance = dist.InverseGamma(shape, shape * scale_t**2)
+    half = torch.tensor(0.5, dtype=dtype, device=device)
+    return dist.TransformedDistribution(variance, [PowerTransform(half)])

@@ -9,7 +9,7 @@ first time its posterior is built (:meth:`ModelSpec.make_posterior`).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -50,10 +50,10 @@ class ModelSpec:
     ``Posterior.closed_forms``); ``datasets`` the built-in data sets with a one-line
     description (the model package's ``DATASETS`` loads them; a test keeps the two equal);
     ``options`` the keyword options of ``make_posterior`` that the command line may set;
-    ``example(seed)`` a small posterior on simulated data, which the registry tests run every
-    model through. ``minibatch``: the model's data plate takes ``subsample_size``, so SVI can
-    fit it on minibatches (``FitConfig.subsample_size``). ``neural``: the model has networks
-    and may run on ``cuda``.
+    ``example_data`` the keywords of the model's ``simulate`` for :meth:`example`.
+    ``minibatch``: the model's data plate takes ``subsample_size``, so SVI can fit it on
+    minibatches (``FitConfig.subsample_size``). ``neural``: the model has networks and may run
+    on ``cuda``.
     """
 
     name: str
@@ -63,7 +63,7 @@ class ModelSpec:
     datasets: Mapping[str, str]
     default_dataset: str
     options: tuple[str, ...]
-    example: Callable[[int], Posterior]
+    example_data: Mapping[str, object] = field(default_factory=dict)
     closed_form_hints: Mapping[str, str] = field(default_factory=dict)
     minibatch: bool = False
     neural: bool = False
@@ -77,26 +77,12 @@ class ModelSpec:
         """The model's ``make_posterior`` (see the model's package)."""
         return self.module.make_posterior(*args, **kwargs)
 
-
-def _linear_regression_example(seed: int) -> Posterior:
-    from zoo import linear_regression
-
-    frame, _ = linear_regression.simulate(seed, 30, 3, correlation=0.5)
-    return linear_regression.make_posterior(frame)
-
-
-def _gmm_example(seed: int) -> Posterior:
-    from zoo import gmm
-
-    frame, _ = gmm.simulate(seed, num_components=2, num_data=40, num_features=2)
-    return gmm.make_posterior(frame, num_components=2)
-
-
-def _ppca_example(seed: int) -> Posterior:
-    from zoo import ppca
-
-    frame, _ = ppca.simulate(seed, num_data=40, num_features=5, latent_dim=2)
-    return ppca.make_posterior(frame, latent_dim=2)
+    def example(self, seed: int, **options: object) -> Posterior:
+        """A small posterior on data simulated with ``seed``, which the registry tests run
+        every model through: ``simulate(seed, **example_data)`` bound by ``make_posterior``
+        with ``options`` (the model's defaults fit the simulated table)."""
+        frame, _ = self.module.simulate(seed, **self.example_data)
+        return self.make_posterior(frame, **options)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -105,6 +91,27 @@ MODELS: dict[str, ModelSpec] = {
         summary="Bayesian linear regression, data-scaled weakly informative or conjugate priors",
         guides=("delta", "laplace", "mean_field", "low_rank", "full_rank", "flow"),
         closed_forms=("exact",),
+        default_dataset="kidiq",
+        options=(
+            "target",
+            "features",
+            "degree",
+            "prior",
+            "center",
+            "intercept",
+            "intercept_scale",
+            "coef_scale",
+            "sigma_prior",
+            "sigma_scale",
+            "sigma_known",
+            "sigma_shape",
+            "test_fraction",
+        ),
+        example_data={"num_data": 30, "num_features": 3, "correlation": 0.5},
+        closed_form_hints={
+            "exact": "'exact' needs the conjugate prior (--prior conjugate) or a known noise"
+            " scale (--sigma-known S)"
+        },
         datasets={
             "simulated": "200 rows from simulate(seed): 3 standard-normal features correlated"
             " at 0.5, sigma = 1",
@@ -122,33 +129,16 @@ MODELS: dict[str, ModelSpec] = {
             " N(0,10) and HalfNormal(10) priors",
             "sblrc": "posteriordb sblrc: as sblri with strongly correlated features",
         },
-        default_dataset="kidiq",
-        options=(
-            "target",
-            "features",
-            "degree",
-            "prior",
-            "center",
-            "intercept",
-            "intercept_scale",
-            "coef_scale",
-            "sigma_prior",
-            "sigma_scale",
-            "sigma_known",
-            "sigma_shape",
-            "test_fraction",
-        ),
-        example=_linear_regression_example,
-        closed_form_hints={
-            "exact": "'exact' needs the conjugate prior (--prior conjugate) or a known noise"
-            " scale (--sigma-known S)"
-        },
     ),
     "gmm": ModelSpec(
         name="gmm",
         summary="Gaussian mixture with diagonal covariances; assignments summed out by enumeration",
         guides=("delta", "laplace", "mean_field", "full_rank"),
         closed_forms=("em",),
+        default_dataset="separated",
+        options=("features", "num_components", "test_fraction"),
+        example_data={"num_components": 2, "num_data": 40, "num_features": 2},
+        minibatch=True,
         datasets={
             "separated": "300 rows from simulate(seed): 3 well-separated components in 2-D"
             " (means 6 sds apart)",
@@ -159,16 +149,16 @@ MODELS: dict[str, ModelSpec] = {
             "low_dim_gauss_mix": "posteriordb low_dim_gauss_mix: 1000 draws of a 1-D"
             " two-component normal mixture",
         },
-        default_dataset="separated",
-        options=("features", "num_components", "test_fraction"),
-        example=_gmm_example,
-        minibatch=True,
     ),
     "ppca": ModelSpec(
         name="ppca",
         summary="probabilistic PCA; latents integrated out for NUTS and global guides",
         guides=("delta", "laplace", "mean_field", "low_rank", "full_rank", "amortized"),
         closed_forms=("ml", "em"),
+        default_dataset="digits",
+        options=("features", "latent_dim", "test_fraction"),
+        example_data={"num_data": 40, "num_features": 5, "latent_dim": 2},
+        closed_form_hints=_ModuleTable("zoo.ppca", "CLOSED_FORM_HINTS"),
         datasets={
             "digits": "scikit-learn digits: 1797 handwritten digits, 8x8 pixels (0-16) as 64"
             " features, K = 5; the digit class colours plots",
@@ -177,10 +167,6 @@ MODELS: dict[str, ModelSpec] = {
             "simulated": "500 rows from simulate(seed): 10 features, true K = 2, standard"
             " normal loadings, sigma = 0.5",
         },
-        default_dataset="digits",
-        options=("features", "latent_dim", "test_fraction"),
-        example=_ppca_example,
-        closed_form_hints=_ModuleTable("zoo.ppca", "CLOSED_FORM_HINTS"),
     ),
 }
 

@@ -19,8 +19,9 @@ import pytest
 from comparisons import Preset
 from comparisons.convert import to_inference_data
 from comparisons.metrics import labelled, nuts_diagnostics
-from comparisons.runners import run_nuts, run_svi
+from comparisons.runners import run_guide, run_nuts
 from guides import FitConfig
+from zoo import MethodSpec
 from zoo import linear_regression as lr
 
 #: Inference Gym: a test fails beyond 5 standard errors (a 1 in 1.7 million chance per scalar
@@ -185,7 +186,7 @@ def test_nuts_agrees_with_posteriordb(name):
 def test_full_rank_agrees_with_posteriordb(name):
     reference = _posteriordb(name)
     post = _posteriordb_posterior(name)
-    run = run_svi(post, "full_rank", seed=0, preset=_preset(1, 0, 0))
+    run = run_guide(post, MethodSpec("full_rank", "full_rank"), seed=0, preset=_preset(1, 0, 0))
     assert run.error is None and run.diagnostics["converged"]
     idata = to_inference_data(post, run)
     draws = _by_label(idata, post.sites)

@@ -18,7 +18,7 @@ from helpers import TINY, validate
 from comparisons import compare
 from comparisons.metrics import verdict
 from comparisons.runners import PRESETS, NutsBudget, _Guard, _Stopped, run_nuts, tree_depth
-from zoo import gmm
+from zoo import ModelForms, gmm
 from zoo import linear_regression as lr
 
 #: A correlation no diagonal mass matrix can undo: the narrow direction has sd
@@ -39,7 +39,7 @@ def _normal():
 def _target(model) -> SimpleNamespace:
     """What run_nuts reads of a zoo Posterior, for a model without data."""
     return SimpleNamespace(
-        model=model, sampler_model=None, init_values=None, max_plate_nesting=0, data={}
+        forms=ModelForms(fit=model), init_values=None, max_plate_nesting=0, data={}
     )
 
 

@@ -40,7 +40,7 @@ def _fixed_at_ml(post, angle: float = 0.0):
         "mean": torch.as_tensor(ml.mean),
         "sigma": torch.as_tensor(ml.sigma),
     }
-    return poutine.condition(post.local_model, data=values), ml
+    return poutine.condition(post.forms.local, data=values), ml
 
 
 def _log_prior(model, data) -> float:
@@ -83,7 +83,7 @@ def test_linear_encoder_reaches_the_exact_log_evidence(data, encoder, angle):
         fixed,
         seed=0,
         config=FIT,
-        local=post.local,
+        local=post.locals[0],
         options={"encoder": encoder, "global_guide": None},
         **post.data,
     )

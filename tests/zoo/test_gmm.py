@@ -22,7 +22,7 @@ from sklearn.mixture import GaussianMixture
 from zoo import gmm
 from zoo.errors import ZooInputError
 from zoo.gmm.model import _log_joint_rows
-from zoo.posterior import ClosedForm, Posterior
+from zoo.posterior import ClosedForm, ModelForms, Posterior
 
 NUM_DRAWS = 4
 
@@ -38,7 +38,7 @@ def _prior_draws(post, num_draws: int, seed: int) -> list[dict[str, torch.Tensor
     pyro.set_rng_seed(seed)
     draws = []
     for _ in range(num_draws):
-        trace = poutine.trace(post.marginal_model).get_trace(num_data=1)
+        trace = poutine.trace(post.forms.sample).get_trace(num_data=1)
         draws.append({name: trace.nodes[name]["value"].detach() for name in gmm.SITES})
     return draws
 
@@ -91,11 +91,11 @@ def test_marginal_model_vectorizes(shape):
     k, d = shape
     post = _post(k=k, d=d)
     draws = _prior_draws(post, NUM_DRAWS, seed=1)
-    unbatched = torch.stack([_log_joint(post.marginal_model, post.data, v) for v in draws])
+    unbatched = torch.stack([_log_joint(post.forms.sample, post.data, v) for v in draws])
     assert torch.isfinite(unbatched).all()
     assert len(set(unbatched.tolist())) == NUM_DRAWS  # distinct draws, not one repeated
     with pyro.plate("draws", NUM_DRAWS, dim=-2):
-        trace = poutine.trace(poutine.condition(post.marginal_model, data=_stack(draws))).get_trace(
+        trace = poutine.trace(poutine.condition(post.forms.sample, data=_stack(draws))).get_trace(
             **post.data
         )
     trace.compute_log_prob()
@@ -113,7 +113,7 @@ def test_enumerated_model_equals_marginal(shape):
     k, d = shape
     post = _post(k=k, d=d)
     draws = _prior_draws(post, NUM_DRAWS, seed=2)
-    marginal = torch.stack([_log_joint(post.marginal_model, post.data, v) for v in draws])
+    marginal = torch.stack([_log_joint(post.forms.sample, post.data, v) for v in draws])
     # Per draw: TraceEnum_ELBO with the globals fixed sums the assignments out.
     elbo = TraceEnum_ELBO(max_plate_nesting=1)
     enumerated = torch.tensor(
@@ -145,9 +145,7 @@ def test_log_density_matches_explicit_mixture():
     post = _post(seed=4, k=3, d=2, n=60)
     values = _prior_draws(post, 1, seed=5)[0]
     log_prior, per_row = _scipy_log_joint(post, values)
-    trace = poutine.trace(poutine.condition(post.marginal_model, data=values)).get_trace(
-        **post.data
-    )
+    trace = poutine.trace(poutine.condition(post.forms.sample, data=values)).get_trace(**post.data)
     trace.compute_log_prob()
     # Seen: 4e-15 per row (values -24 to -6); 0 for the prior (-28.5) and the total (-610).
     np.testing.assert_allclose(trace.nodes["x"]["log_prob"].numpy(), per_row, rtol=0, atol=1e-10)
@@ -169,7 +167,7 @@ def test_log_density_matches_explicit_mixture():
 def test_prior_predictive_and_subsampling():
     post = _post(k=3, d=2, n=40)
     # Vectorized prior predictive draws of new rows, from both forms.
-    for fn in (post.model, post.marginal_model):
+    for fn in (post.model, post.forms.sample):
         pred = Predictive(fn, num_samples=5, parallel=True, return_sites=["x", "locs"])
         out = pred(num_data=7)
         assert out["x"].shape == (5, 7, 2)
@@ -177,7 +175,7 @@ def test_prior_predictive_and_subsampling():
     # Subsampling (minibatch SVI passes subsample_size on each step): the observed rows are
     # those of the subsample, scaled by N / size.
     sub = _post(k=3, d=2, n=40)
-    for fn in (sub.model, sub.marginal_model):
+    for fn in (sub.model, sub.forms.sample):
         trace = poutine.trace(fn).get_trace(**sub.data, subsample_size=10)
         idx = trace.nodes["data"]["value"]
         assert trace.nodes["x"]["value"].shape == (10, 2)
@@ -329,7 +327,7 @@ def _map_case():
         # restarts) and keeps the best log joint: with alpha = 1 an emptied component is a
         # stationary point, and a single start from prior draws found it in 3 of 6 seeds.
         result, point = _delta_point(post)
-        marginal = dataclasses.replace(post, model=post.marginal_model, marginal_model=None)
+        marginal = dataclasses.replace(post, forms=ModelForms(fit=post.forms.sample))
         _, marginal_point = _delta_point(marginal)
         return post, em, point, marginal_point, result
     finally:
@@ -594,8 +592,8 @@ def test_posterior_fields():
     }
     assert post.coords == {"component": [0, 1], "feature": ["x1", "x2"]}
     assert post.num_data == 40 and post.num_test == 10
-    assert post.relabel is gmm.relabel and post.marginal_model is not None
-    assert post.model.__name__ == "model" and post.marginal_model.__name__ == "marginal_model"
+    assert post.relabel is gmm.relabel and post.forms.sample is not None
+    assert post.model.__name__ == "model" and post.forms.sample.__name__ == "marginal_model"
     assert set(post.description) >= {"features", "prior", "rows", "components"}
     # extra_metrics: the posterior mean against the truth, in documented units.
     flat = {k: np.repeat(truth[k][None], 5, axis=0) for k in gmm.SITES}
@@ -628,7 +626,7 @@ def test_csv_files_and_features(tmp_path):
     with pytest.raises(ZooInputError) as info:
         gmm.make_posterior(str(path))
     message = str(info.value)
-    assert "column 'kind' is not numeric" in message and "--features" in message
+    assert "column 'kind' has a non-numeric value" in message and "--features" in message
     post = gmm.make_posterior(path, features="x2,x1", num_components=3)
     assert post.dataset == "mix.csv" and post.coords["feature"] == ["x2", "x1"]
     np.testing.assert_array_equal(post.data["x"].numpy(), frame[["x2", "x1"]].to_numpy())
@@ -670,7 +668,7 @@ ERROR_CASES = {
     "inf": (lambda: gmm.make_posterior(_with("x2", 2, float("inf"))), "infinite value (inf)"),
     "non_numeric": (
         lambda: gmm.make_posterior(_with("x2", 3, "abc")),
-        "column 'x2' is not numeric ('abc' in data row 4)",
+        "column 'x2' has a non-numeric value 'abc' in data row 4; drop that column",
     ),
     "unknown_dataset": (lambda: gmm.make_posterior("irises"), "unknown dataset 'irises'"),
     "missing_file": (lambda: gmm.make_posterior("nothere.csv"), "does not exist"),

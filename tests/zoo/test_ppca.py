@@ -49,13 +49,13 @@ def _site_log_probs(model, data, values) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- vectorization
 
 
-@pytest.mark.parametrize("form", ["model", "marginal_model", "local_model"])
+@pytest.mark.parametrize("form", ["fit", "likelihood", "local"])
 def test_every_form_vectorizes(form):
     # STYLE.md pitfall: a batched log joint of 4 prior draws equals the 4 unbatched ones.
     post = ppca.make_posterior(_frame())
-    fn = getattr(post, form)
+    fn = getattr(post.forms, form)
     draws = _draws(fn, post.data, NUM_DRAWS, seed=1)
-    expected = {"loadings", "mean", "sigma"} | ({"z"} if form == "local_model" else set())
+    expected = {"loadings", "mean", "sigma"} | ({"z"} if form == "local" else set())
     assert set(draws[0]) == expected
     unbatched, batched = log_joints(fn, post.data, draws)
     assert torch.isfinite(unbatched).all()
@@ -76,7 +76,7 @@ def _matmul_local_model(x=None, *, latent_dim, priors, num_data=None):
 
 def test_vectorization_check_catches_matmul_in_local_model():
     post = ppca.make_posterior(_frame())
-    options = {"latent_dim": 2, "priors": post.marginal_model.keywords["priors"]}
+    options = {"latent_dim": 2, "priors": post.forms.likelihood.keywords["priors"]}
 
     def buggy(x=None, num_data=None):
         return _matmul_local_model(x, num_data=num_data, **options)
@@ -84,7 +84,7 @@ def test_vectorization_check_catches_matmul_in_local_model():
     draws = _draws(buggy, post.data, NUM_DRAWS, seed=1)
     unbatched, batched = log_joints(buggy, post.data, draws)
     # Unbatched, the matmul gives the same log joints as the real local model...
-    reference = torch.stack([log_joint(post.local_model, post.data, d) for d in draws])
+    reference = torch.stack([log_joint(post.forms.local, post.data, d) for d in draws])
     torch.testing.assert_close(unbatched, reference, rtol=0, atol=1e-9)  # seen bitwise equal
     # ...but batched, each row's likelihood mixes the particles and is counted P times
     # (seen: off by 1.2e3 to 9.4e4 on log joints of -1e3 to -4.5e4).
@@ -93,7 +93,7 @@ def test_vectorization_check_catches_matmul_in_local_model():
 
 def test_prior_predictive_draws():
     post = ppca.make_posterior(_frame())
-    for fn in (post.model, post.marginal_model, post.local_model):
+    for fn in (post.model, post.forms.likelihood, post.forms.local):
         x = fn(num_data=7)
         assert x.shape == (7, 5) and x.dtype == torch.float64
     with pytest.raises(ValueError, match="num_data"):
@@ -111,8 +111,8 @@ def test_local_and_marginal_forms_agree_per_row():
     for seed in range(3):
         g = _draws(post.model, post.data, 1, seed=seed)[0]
         z = 2.0 * torch.randn(x.shape[0], 2, generator=torch.Generator().manual_seed(seed))
-        local = _site_log_probs(post.local_model, post.data, {**g, "z": z})
-        marginal = _site_log_probs(post.marginal_model, post.data, g)
+        local = _site_log_probs(post.forms.local, post.data, {**g, "z": z})
+        marginal = _site_log_probs(post.forms.likelihood, post.data, g)
         loc, cov = ppca.posterior_z(
             x.numpy(), g["loadings"].numpy(), g["mean"].numpy(), float(g["sigma"])
         )
@@ -133,8 +133,8 @@ def test_summary_form_is_the_per_row_form_summed():
     """The form NUTS and the global guides run (one factor from the data's mean and
     scatter) has the log joint of the per-row marginal form, draw by draw and batched."""
     post = ppca.make_posterior(_frame(num_data=40))
-    draws = _draws(post.marginal_model, post.data, NUM_DRAWS, seed=2)
-    per_row = torch.stack([log_joint(post.marginal_model, post.data, d) for d in draws])
+    draws = _draws(post.forms.likelihood, post.data, NUM_DRAWS, seed=2)
+    per_row = torch.stack([log_joint(post.forms.likelihood, post.data, d) for d in draws])
     summed = torch.stack([log_joint(post.model, post.data, d) for d in draws])
     # Seen: 2.5e-11 apart on log joints of -490 to -13106 (different rounding orders).
     torch.testing.assert_close(summed, per_row, rtol=1e-12, atol=1e-9)
@@ -478,12 +478,14 @@ def test_posterior_fields():
     frame, truth = ppca.simulate(0, 60, 5, 2)
     post = ppca.make_posterior(frame, latent_dim=3, test_fraction=0.25, seed=1, truth=truth)
     assert post.model_name == "ppca"
-    assert post.likelihood_model is post.marginal_model  # per-row densities: LOO
+    assert post.forms.likelihood is not post.forms.fit  # per-row densities: LOO
     assert post.sites == ("loadings", "mean", "sigma")
     # Judged on what the data identify, never on the rotatable loadings.
     assert post.accuracy_sites == ("eigenvalues", "sigma", "cov", "mean")
     assert post.obs_site == "x" and post.max_plate_nesting == 1
-    assert (post.local.site, post.local.dim, post.local.input, post.local.plate) == (
+    local = post.locals[0]
+    assert len(post.locals) == 1
+    assert (local.site, local.dim, local.input, local.plate) == (
         "z",
         3,
         "x",
@@ -499,10 +501,10 @@ def test_posterior_fields():
     pairs = [f"{a},{b}" for i, a in enumerate(names) for b in names[i:]]
     assert post.coords == {"feature": names, "latent": [0, 1, 2], "cov_entry": pairs}
     assert post.num_data == 45 and post.num_test == 15
-    assert post.data["x"].dtype == torch.get_default_dtype() == post.test_data["x"].dtype
+    assert post.data["x"].dtype == torch.float64 == post.test_data["x"].dtype == post.dtype
     assert post.row_labels is None and post.truth is not None
     assert post.description["rows"] == "45 fitted, 15 held out"
-    trace = poutine.trace(post.marginal_model).get_trace(**post.data)
+    trace = poutine.trace(post.forms.likelihood).get_trace(**post.data)
     sample_sites = [
         n for n, site in trace.nodes.items() if site["type"] == "sample" and n != "data"
     ]
@@ -514,8 +516,8 @@ def test_posterior_fields():
     ]
     assert trace.nodes["loadings"]["value"].shape == (5, 3)
     assert not trace.nodes["loadings"]["cond_indep_stack"]  # globals sit outside every plate
-    assert post.model.__name__ == "summary_model" and post.marginal_model.__name__ == "model"
-    assert post.local_model.__name__ == "local_model"
+    assert post.model.__name__ == "summary_model" and post.forms.likelihood.__name__ == "model"
+    assert post.forms.local.__name__ == "local_model"
 
 
 def test_closed_forms_are_points_with_info():
@@ -568,7 +570,7 @@ def test_builtin_datasets_load(name):
     post = ppca.make_posterior(name)
     assert post.dataset == name and post.num_data == rows
     assert post.data["x"].shape == (rows, features) and torch.isfinite(post.data["x"]).all()
-    assert post.local.dim == latent_dim == len(post.coords["latent"])
+    assert post.locals[0].dim == latent_dim == len(post.coords["latent"])
     assert len(post.coords["feature"]) == features
     assert set(post.closed_forms) == {"ml", "em"}
     if labels is None:
@@ -591,7 +593,7 @@ def test_builtin_dataset_details():
     np.testing.assert_array_equal(sim.data["x"].numpy(), frame.to_numpy())
     np.testing.assert_array_equal(sim.truth["loadings"], truth["loadings"])
     # A subset of features caps the default latent dim below the feature count.
-    assert ppca.make_posterior("iris", features=["sepal_length", "petal_width"]).local.dim == 1
+    assert ppca.make_posterior("iris", features=["sepal_length", "petal_width"]).locals[0].dim == 1
 
 
 def test_csv_data(tmp_path):
@@ -604,8 +606,8 @@ def test_csv_data(tmp_path):
     np.testing.assert_allclose(post.data["x"].numpy(), frame[["x1", "x2", "x3", "x4"]].to_numpy())
     assert list(post.row_labels[:2]) == ["a", "b"]
     sub = ppca.make_posterior(str(path), features=["x2", "x4", "x1"])
-    assert sub.coords["feature"] == ["x2", "x4", "x1"] and sub.local.dim == 2
-    with pytest.raises(ZooInputError, match="column 'kind' is not numeric.*--features"):
+    assert sub.coords["feature"] == ["x2", "x4", "x1"] and sub.locals[0].dim == 2
+    with pytest.raises(ZooInputError, match="column 'kind' has a non-numeric value.*--features"):
         ppca.make_posterior(str(path))
 
 
@@ -649,7 +651,7 @@ ERROR_CASES = {
     "missing_csv": (lambda: ppca.make_posterior("nope/table.csv"), "does not exist"),
     "non_numeric_column": (
         lambda: ppca.make_posterior(_with("x3", 3, "abc")),
-        "column 'x3' is not numeric (value 'abc' in data row 4); drop that column",
+        "column 'x3' has a non-numeric value 'abc' in data row 4; drop that column",
     ),
     "non_numeric_feature": (
         lambda: ppca.make_posterior(_with("x3", 3, "abc"), features=["x1", "x3"]),

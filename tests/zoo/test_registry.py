@@ -1,9 +1,11 @@
 """Every registered model, in every form it offers, passes the vectorization check of STYLE.md
 (a batched log joint of 4 prior draws equals the 4 unbatched ones), keeps its global sites
-outside every plate, and its forms share those sites."""
+outside every plate, and its forms share those sites; its posterior is float64 whatever torch's
+process-wide default dtype."""
 
 from __future__ import annotations
 
+import pyro
 import pytest
 import torch
 from pyro import poutine
@@ -13,18 +15,28 @@ from zoo import MODELS, ZooInputError
 
 NUM_DRAWS = 4
 
-FORMS = [
-    (name, form)
-    for name, spec in MODELS.items()
-    for form in ("model", "marginal_model", "local_model")
-    if getattr(spec.example(0), form) is not None
-]
+#: The forms of ModelForms, by purpose; a form that falls back to another (a model whose
+#: ``sample`` form is its ``fit`` form) is the same function and is checked once.
+FORM_NAMES = ("fit", "sample", "likelihood", "local")
+
+
+def _distinct_forms(post) -> list[str]:
+    seen, names = [], []
+    for form in FORM_NAMES:
+        fn = getattr(post.forms, form)
+        if fn is not None and all(fn is not other for other in seen):
+            seen.append(fn)
+            names.append(form)
+    return names
+
+
+FORMS = [(name, form) for name, spec in MODELS.items() for form in _distinct_forms(spec.example(0))]
 
 
 @pytest.mark.parametrize(("name", "form"), FORMS, ids=[f"{n}-{f}" for n, f in FORMS])
 def test_every_model_form_vectorizes(name, form):
     post = MODELS[name].example(0)
-    model = getattr(post, form)
+    model = getattr(post.forms, form)
     draws = prior_draws(model, post.data, NUM_DRAWS, seed=1, obs=post.obs_site)
     unbatched, batched = log_joints(model, post.data, draws)
     assert torch.isfinite(unbatched).all()
@@ -42,10 +54,8 @@ def test_global_sites_sit_outside_every_plate_and_forms_share_them(name):
         assert node["type"] == "sample", site
         assert not node["cond_indep_stack"], f"{name}: global site {site} sits in a plate"
     globals_ = [s for s in latent_names(post.model, post.data) if s in post.sites]
-    for form in ("marginal_model", "local_model"):
-        other = getattr(post, form)
-        if other is None:
-            continue
+    for form in _distinct_forms(post)[1:]:
+        other = getattr(post.forms, form)
         shared = [s for s in latent_names(other, post.data) if s in post.sites]
         assert shared == globals_, f"{name}.{form} has other global sites or another order"
 
@@ -59,3 +69,47 @@ def test_an_unknown_data_set_is_one_line_listing_the_built_in_ones(name):
     assert "\n" not in message and "no_such_data_set" in message
     for dataset in spec.datasets:
         assert dataset in message
+
+
+def _built(name: str) -> tuple:
+    """A model's example posterior with what the dtype test compares: its data, an
+    ``init_values`` start (None where the model has none) and the log density of the
+    ``sample`` form at that start, or at a seeded prior draw."""
+    post = MODELS[name].example(0)
+    start = None if post.init_values is None else dict(post.init_values(0))
+    values = start
+    if values is None:
+        pyro.set_rng_seed(1)
+        trace = poutine.trace(post.forms.sample).get_trace(**post.data)
+        values = {s: trace.nodes[s]["value"] for s in latent_names(post.forms.sample, post.data)}
+    conditioned = poutine.condition(post.forms.sample, data=values)
+    log_density = poutine.trace(conditioned).get_trace(**post.data).log_prob_sum()
+    return post, start, log_density
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_posterior_is_float64_whatever_the_default_dtype(name):
+    # A library must not depend on torch's process-wide default dtype: built under a float32
+    # default, a posterior holds the same float64 tensors as under a float64 one.
+    expected = _built(name)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        got = _built(name)
+    finally:
+        torch.set_default_dtype(default)
+    post, start, log_density = got
+    assert post.dtype == torch.float64 and post.device == torch.device("cpu")
+    for key, value in post.data.items():
+        assert value.dtype == torch.float64, key
+        assert torch.equal(value, expected[0].data[key]), key
+    grid = {} if post.grid is None else post.grid.data  # the regression's predictive grid
+    assert all(value.dtype == torch.float64 for value in grid.values())
+    if name in ("linear_regression", "gmm"):  # the models with a start of their own
+        assert start is not None and expected[1] is not None
+        for site, value in start.items():
+            assert value.dtype == torch.float64, site
+            assert torch.equal(value, expected[1][site]), site
+    assert log_density.dtype == torch.float64 and torch.isfinite(log_density)
+    # Seen: bitwise equal (every operation in float64 in both).
+    assert torch.equal(log_density, expected[2])

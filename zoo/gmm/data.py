@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from zoo.datasets import vendored_csv
+from zoo.datasets import builtin_spec, vendored_csv
 from zoo.errors import ZooInputError
 from zoo.gmm.model import simulate
 
@@ -76,28 +76,9 @@ DATASETS: dict[str, DatasetSpec] = {
 
 def load_dataset(name: str, seed: int = 0) -> BuiltinData:
     """A built-in data set by name (see :data:`DATASETS`)."""
-    if name not in DATASETS:
-        raise ZooInputError(
-            f"unknown dataset '{name}' for gmm; choose one of: {', '.join(DATASETS)}"
-            " (or pass a CSV file with --data)"
-        )
-    loaded = DATASETS[name].load(seed)
+    loaded = builtin_spec(DATASETS, name, "gmm").load(seed)
     loaded.frame.attrs["source"] = name
     return loaded
-
-
-def _non_numeric(frame: pd.DataFrame, columns: Sequence[str]) -> None:
-    for col in columns:
-        if col not in frame.columns:
-            continue  # numeric_columns names a missing column
-        values = pd.to_numeric(frame[col], errors="coerce")
-        bad = values.isna() & frame[col].notna()
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ZooInputError(
-                f"column '{col}' is not numeric ({frame[col].iloc[row]!r} in data row {row + 1});"
-                " drop it from the data or pass --features with the numeric columns"
-            )
 
 
 def _check_truth(truth: Mapping[str, np.ndarray], k: int, d: int) -> dict[str, np.ndarray]:

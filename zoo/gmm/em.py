@@ -105,14 +105,21 @@ def _kmeans_pp_start(x: np.ndarray, num_components: int, rng: np.random.Generato
     return np.full(num_components, 1.0 / num_components), locs, variances
 
 
-def init_values(x: np.ndarray, num_components: int, seed: int) -> dict[str, torch.Tensor]:
+def init_values(
+    x: np.ndarray,
+    num_components: int,
+    seed: int,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
     """A starting point for an optimizer or sampler, as EM's restarts start: k-means++ rows
     as component means (:func:`_kmeans_pp_start`), every component sd that of its feature,
-    equal weights. Constrained values in the default dtype."""
+    equal weights. Constrained values, tensors of ``dtype`` on ``device``."""
     weights, locs, variances = _kmeans_pp_start(
         np.asarray(x, dtype=float), num_components, np.random.default_rng(seed), 0.0
     )
-    tensor = functools.partial(torch.as_tensor, dtype=torch.get_default_dtype())
+    tensor = functools.partial(torch.as_tensor, dtype=dtype, device=device)
     return {"weights": tensor(weights), "locs": tensor(locs), "scales": tensor(np.sqrt(variances))}
 
 
@@ -148,31 +155,31 @@ def fit_em(
         once from it (``num_restarts`` is ignored), e.g. to give scikit-learn the same start.
     """
     x = np.asarray(x, dtype=float)
-    if x.ndim != 2:
-        raise ZooInputError(f"EM needs a table of rows (N, D), got an array of shape {x.shape}")
-    n, d = x.shape
-    k = num_components
-    if int(k) != k or k < 1:
-        raise ZooInputError(f"the number of components must be a whole number >= 1, got {k}")
-    if n < max(2, k):
-        raise ZooInputError(f"EM with {k} components needs at least {max(2, k)} rows, got {n}")
-    if num_restarts < 1 or max_iter < 1:
-        raise ZooInputError("EM needs num_restarts >= 1 and max_iter >= 1")
+    _check_em_options(x, num_components, num_restarts=num_restarts, max_iter=max_iter)
     if init is not None:
-        starts = [_check_init(init, k, d)]
+        starts = [_check_init(init, num_components, x.shape[1])]
     else:
         rng = np.random.default_rng(seed)
-        starts = [_kmeans_pp_start(x, k, rng, reg_covar) for _ in range(num_restarts)]
-    best = None
-    finals = []
-    for weights, locs, variances in starts:
-        run = _em_run(x, weights, locs, variances, max_iter=max_iter, tol=tol, reg_covar=reg_covar)
-        finals.append(run[3][-1])
-        if best is None or run[3][-1] > best[3][-1]:
+        starts = [_kmeans_pp_start(x, num_components, rng, reg_covar) for _ in range(num_restarts)]
+    runs = [
+        _em_run(x, weights, locs, variances, max_iter=max_iter, tol=tol, reg_covar=reg_covar)
+        for weights, locs, variances in starts
+    ]
+    best = runs[0]
+    for run in runs[1:]:
+        if run[3][-1] > best[3][-1]:
             best = run
-    weights, locs, variances, trace, converged, num_iter = best
+    return _em_result(x, best, restart_log_likelihoods=[run[3][-1] for run in runs])
+
+
+def _em_result(x: np.ndarray, run: tuple, *, restart_log_likelihoods: list) -> EMResult:
+    """The EMResult of the best restart ``run`` (as :func:`_em_run` returns it), components
+    sorted by ``locs[:, 0]``."""
+    weights, locs, variances, trace, converged, num_iter = run
     if not converged:
         logger.warning("EM: best restart not converged after %d iterations", num_iter)
+    n, d = x.shape
+    k = len(weights)
     order = np.argsort(locs[:, 0], kind="stable")
     log_lik = float(trace[-1])
     num_params = (k - 1) + 2 * k * d
@@ -184,9 +191,22 @@ def fit_em(
         trace=trace,
         converged=converged,
         num_iter=num_iter,
-        restart_log_likelihoods=np.asarray(finals),
+        restart_log_likelihoods=np.asarray(restart_log_likelihoods),
         bic=-2.0 * log_lik + num_params * math.log(n),
     )
+
+
+def _check_em_options(x: np.ndarray, k: int, *, num_restarts: int, max_iter: int) -> None:
+    """Raise a ZooInputError for data or options :func:`fit_em` cannot take."""
+    if x.ndim != 2:
+        raise ZooInputError(f"EM needs a table of rows (N, D), got an array of shape {x.shape}")
+    n = x.shape[0]
+    if int(k) != k or k < 1:
+        raise ZooInputError(f"the number of components must be a whole number >= 1, got {k}")
+    if n < max(2, k):
+        raise ZooInputError(f"EM with {k} components needs at least {max(2, k)} rows, got {n}")
+    if num_restarts < 1 or max_iter < 1:
+        raise ZooInputError("EM needs num_restarts >= 1 and max_iter >= 1")
 
 
 def _check_init(init: Mapping[str, np.ndarray], k: int, d: int):

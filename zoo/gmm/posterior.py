@@ -5,25 +5,34 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 
-from zoo.datasets import numeric_columns, read_csv, split_rows
+from zoo.datasets import numeric_columns, resolve_data, split_rows
 from zoo.errors import ZooInputError
-from zoo.gmm.data import (
-    DATASETS,
-    BuiltinData,
-    _check_truth,
-    _non_numeric,
-    load_dataset,
-    truth_errors,
-)
+from zoo.gmm.data import DATASETS, BuiltinData, _check_truth, load_dataset, truth_errors
 from zoo.gmm.em import fit_em, init_values
-from zoo.gmm.model import SITES, default_priors, marginal_model, model
+from zoo.gmm.model import SITES, Priors, default_priors, marginal_model, model
 from zoo.gmm.relabel import relabel
-from zoo.posterior import ClosedForm, Posterior, bind
+from zoo.methods import declare_methods
+from zoo.posterior import ClosedForm, ModelForms, Posterior, bind
+from zoo.registry import get_model
+
+#: The model's registry key, in its posteriors and messages.
+NAME = "gmm"
+
+
+class _Rows(NamedTuple):
+    """The fitted and held-out rows of the features, their names, and the known class of
+    each fitted row (a built-in set's, only to colour plots) or None."""
+
+    x: np.ndarray
+    x_test: np.ndarray
+    names: list[str]
+    labels: np.ndarray | None
 
 
 def _em_method(x: np.ndarray, num_components: int, seed: int, num_draws: int) -> ClosedForm:
@@ -50,29 +59,31 @@ def make_posterior(
     num_components: int | None = None,
     features: Sequence[str] | str | None = None,
     prior: str = "weakly_informative",
-    loc_scale: float | None = None,
-    scale_median: float | None = None,
-    scale_spread: float | None = None,
-    concentration: float | None = None,
     test_fraction: float = 0.0,
     seed: int = 0,
     truth: Mapping[str, np.ndarray] | None = None,
     num_starts: int = 5,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
+    **prior_options: Any,
 ) -> Posterior:
     """Bind the mixture to data: the posterior every method is run on.
+
+    Minibatch SVI needs nothing here: the models take ``subsample_size`` per call, which
+    ``FitConfig(subsample_size=...)`` passes on each step.
 
     Parameters
     ----------
     data : DataFrame, str or Path
-        A table with a header (as :func:`simulate` returns), a built-in data set name
-        (:data:`DATASETS`), or the path of a CSV file. Every column is a feature unless
+        Rows to cluster: a table with a header (as :func:`simulate` returns), a built-in
+        data set's name (:data:`DATASETS`) or a CSV path. Every column is a feature unless
         ``features`` names some.
     num_components : int, optional
         K; default the built-in set's, else 2.
     features : list of str, optional
-        Feature columns.
-    prior, loc_scale, scale_median, scale_spread, concentration
-        See :func:`default_priors`.
+        Feature columns (or one string, comma-separated).
+    prior : str
+        A preset of :func:`default_priors`.
     test_fraction : float
         Share of rows held out (seeded split) for the held-out log predictive density.
     seed : int
@@ -82,41 +93,35 @@ def make_posterior(
     num_starts : int
         Starting points an optimizer tries (MAP and the starts of the guides), the best
         kept, as users of mixtures do: each from :func:`init_values` with its own seed.
-
-    Minibatch SVI needs nothing here: the models take ``subsample_size`` per call, which
-    ``FitConfig(subsample_size=...)`` passes on each step.
+    dtype, device
+        Of every tensor of the posterior, whatever torch's defaults; the model follows its data.
+    **prior_options
+        Keywords of :func:`default_priors`: ``loc_scale``, ``scale_median``,
+        ``scale_spread``, ``concentration``.
     """
-    dataset_name = "data"
-    builtin: BuiltinData | None = None
-    if isinstance(data, pd.DataFrame):
-        frame = data
-        dataset_name = frame.attrs.get("source", "data")
-    elif isinstance(data, str | Path) and str(data) in DATASETS:
-        builtin = load_dataset(str(data), seed)
-        frame = builtin.frame
-        dataset_name = str(data)
-    elif isinstance(data, str | Path):
-        path = Path(data)
-        if not path.exists() and path.suffix == "" and len(path.parts) == 1:
-            load_dataset(str(data))  # raises: unknown data set, listing the built-in ones
-        frame = read_csv(path)
-        dataset_name = frame.attrs.get("source", str(data))
-    else:
-        raise ZooInputError(
-            f"data must be a table, a built-in data set name or a CSV path, got {type(data)}"
-        )
+    load = functools.partial(load_dataset, seed=seed)
+    frame, dataset, builtin = resolve_data(data, NAME, DATASETS, load)
+    k = _num_components(num_components, builtin)
+    rows = _fit_rows(frame, features, builtin, test_fraction, seed)
+    _check_fit(rows, k, num_starts)
+    priors = default_priors(rows.x, prior=prior, **prior_options)
+    truth = _truth(truth, builtin, k, rows.x.shape[1])
+    components = f"{k}" + (" (default)" if num_components is None else "")
+    return _posterior(rows, priors, k, dataset, components, truth, num_starts, dtype, device)
 
-    if isinstance(features, str):
-        features = [f.strip() for f in features.split(",") if f.strip()]
-    features = list(frame.columns) if features is None else list(features)
-    names = [str(c) for c in features]
-    if not features:
-        raise ZooInputError("no feature columns; pass --features a,b or give a table with columns")
-    if len(set(features)) != len(features):
-        raise ZooInputError("a feature is listed twice in --features; list each once")
-    _non_numeric(frame, features)
-    x_all = numeric_columns(frame, features, what="feature")
 
+def _truth(
+    truth: Mapping[str, np.ndarray] | None, builtin: BuiltinData | None, k: int, d: int
+) -> dict[str, np.ndarray] | None:
+    """The true parameters, checked and in canonical order: those given, else a simulated
+    built-in set's where it has K components, else None."""
+    if truth is None and builtin is not None and builtin.truth is not None:
+        truth = builtin.truth if len(builtin.truth["weights"]) == k else None
+    return None if truth is None else _check_truth(truth, k, d)
+
+
+def _num_components(num_components: object, builtin: BuiltinData | None) -> int:
+    """K: the given number, else the built-in set's, else 2; a whole number >= 1."""
     k = builtin.num_components if num_components is None and builtin else num_components
     k = 2 if k is None else k
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
@@ -124,10 +129,34 @@ def make_posterior(
             f"the number of components must be a whole number >= 1, got {k!r}; "
             "pass --num-components K"
         )
-    k = int(k)
-    train, test = split_rows(len(x_all), test_fraction, seed)
-    x = x_all[train]
-    n = len(x)
+    return int(k)
+
+
+def _fit_rows(
+    frame: pd.DataFrame,
+    features: Sequence[str] | str | None,
+    builtin: BuiltinData | None,
+    test_fraction: float,
+    seed: int,
+) -> _Rows:
+    """The feature columns (default: every column) as numbers, split (seeded)."""
+    named = features is not None
+    if isinstance(features, str):
+        features = [f.strip() for f in features.split(",") if f.strip()]
+    features = list(frame.columns) if features is None else list(features)
+    if not features:
+        raise ZooInputError("no feature columns; pass --features a,b or give a table with columns")
+    if len(set(features)) != len(features):
+        raise ZooInputError("a feature is listed twice in --features; list each once")
+    x = numeric_columns(frame, features, what="feature", named=named)
+    train, test = split_rows(len(x), test_fraction, seed)
+    labels = None if builtin is None or builtin.row_labels is None else builtin.row_labels[train]
+    return _Rows(x[train], x[test], [str(c) for c in features], labels)
+
+
+def _check_fit(rows: _Rows, k: int, num_starts: int) -> None:
+    """Raise a ZooInputError where the fitted rows cannot take K components."""
+    n = len(rows.x)
     if n < 2:
         raise ZooInputError(
             f"{n} row(s) to fit; a mixture needs at least 2 (give more rows or a smaller"
@@ -137,48 +166,48 @@ def make_posterior(
         raise ZooInputError(
             f"{k} components but only {n} rows to fit; pass a smaller --num-components"
         )
-    constant = [c for c, s in zip(names, x.std(0)) if not s > 0]
+    constant = [c for c, s in zip(rows.names, rows.x.std(0)) if not s > 0]
     if constant:
         raise ZooInputError(
             f"feature '{constant[0]}' is constant in the fitted rows; drop it from --features"
         )
     if isinstance(num_starts, bool) or not isinstance(num_starts, int) or num_starts < 1:
         raise ZooInputError(f"num_starts must be a whole number >= 1, got {num_starts!r}")
-    priors = default_priors(
-        x,
-        prior=prior,
-        loc_scale=loc_scale,
-        scale_median=scale_median,
-        scale_spread=scale_spread,
-        concentration=concentration,
-    )
-    if truth is None and builtin is not None and builtin.truth is not None:
-        # A simulated set's truth applies to fits with its own number of components only.
-        if len(builtin.truth["weights"]) == k:
-            truth = builtin.truth
-    truth = None if truth is None else _check_truth(truth, k, x.shape[1])
 
+
+def _posterior(
+    rows: _Rows,
+    priors: Priors,
+    k: int,
+    dataset: str,
+    components: str,
+    truth: dict[str, np.ndarray] | None,
+    num_starts: int,
+    dtype: torch.dtype,
+    device: str | torch.device,
+) -> Posterior:
+    """The Posterior of the checked rows with K components (``components`` says K and
+    whether it is the default); tensors of ``dtype`` on ``device``."""
+    tensor = functools.partial(torch.as_tensor, dtype=dtype, device=device)
     options = {"num_components": k, "priors": priors}
-    tensor = functools.partial(torch.as_tensor, dtype=torch.get_default_dtype())
     extra = None
     if truth is not None:
-        extra = functools.partial(truth_errors, truth=truth, feature_sd=x.std(0, ddof=1))
+        extra = functools.partial(truth_errors, truth=truth, feature_sd=rows.x.std(0, ddof=1))
     description = {
-        "features": ", ".join(names),
-        "components": f"{k}" + (" (default)" if num_components is None else ""),
-        "prior": priors.describe(names),
-        "rows": f"{len(train)} fitted, {len(test)} held out",
+        "features": ", ".join(rows.names),
+        "components": components,
+        "prior": priors.describe(rows.names),
+        "rows": f"{len(rows.x)} fitted, {len(rows.x_test)} held out",
     }
     return Posterior(
-        model_name="gmm",
-        dataset=dataset_name,
-        model=bind(model, **options),
-        marginal_model=bind(marginal_model, **options),
-        # NUTS on the mixture form: the same density as enumeration (tested) at 1.7x fewer
-        # seconds per gradient.
-        sampler_model=bind(marginal_model, **options),
-        data={"x": tensor(x)},
-        test_data={"x": tensor(x_all[test])} if len(test) else None,
+        model_name=NAME,
+        dataset=dataset,
+        # Guides fit the enumerated form (TraceEnum_ELBO sums the assignments out); NUTS,
+        # importance weights and the log-likelihood use the mixture form: the same density
+        # as enumeration (tested) at 1.7x fewer seconds per gradient.
+        forms=ModelForms(fit=bind(model, **options), sample=bind(marginal_model, **options)),
+        data={"x": tensor(rows.x)},
+        test_data={"x": tensor(rows.x_test)} if len(rows.x_test) else None,
         obs_site="x",
         sites=SITES,
         dims={
@@ -186,16 +215,15 @@ def make_posterior(
             "locs": ["component", "feature"],
             "scales": ["component", "feature"],
         },
-        coords={"component": list(range(k)), "feature": names},
-        closed_forms={"em": functools.partial(_em_method, x, k)},
+        coords={"component": list(range(k)), "feature": rows.names},
+        methods=declare_methods(["em"], get_model(NAME).guides),
+        closed_forms={"em": functools.partial(_em_method, rows.x, k)},
         relabel=relabel,
         truth=truth,
         description=description,
-        row_labels=None
-        if builtin is None or builtin.row_labels is None
-        else builtin.row_labels[train],
+        row_labels=rows.labels,
         max_plate_nesting=1,
         extra_metrics=extra,
-        init_values=functools.partial(init_values, x, k),
+        init_values=functools.partial(init_values, rows.x, k, dtype=dtype, device=device),
         num_starts=num_starts,
     )

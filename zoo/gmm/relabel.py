@@ -123,13 +123,7 @@ def relabel(
     until no draw changes (at most ``MAX_RELABEL_ROUNDS`` rounds; Stephens 2000): the labels
     are then consistent across draws, in the order of the sorted start.
     """
-    if "locs" not in draws:
-        raise ZooInputError("relabel needs the 'locs' draws (chain, draw, component, feature)")
-    locs = np.asarray(draws["locs"])
-    if locs.ndim != 4:
-        raise ZooInputError(
-            f"relabel needs locs of shape (chain, draw, component, feature), got {locs.shape}"
-        )
+    locs = _checked_locs(draws)
     chains, num_draws, k, _ = locs.shape
     perm = np.argsort(locs[..., 0], axis=-1, kind="stable")
     method = "sort"
@@ -141,17 +135,39 @@ def relabel(
             perm = _hungarian(draws, reference).reshape(chains, num_draws, k)
             method = "hungarian"
     elif gap_z <= AMBIGUOUS_GAP_Z and chains * num_draws > 1:
-        # No reference (the reference method itself): match every draw to the mean of the
-        # draws, from the sorted labels, until no draw changes (Stephens 2000's relabelling
-        # with a squared-distance loss). A sort would split a component whose first
-        # coordinate overlaps another's between the two.
-        for _ in range(MAX_RELABEL_ROUNDS):
-            matched = _hungarian(draws, _permuted(draws, perm)).reshape(chains, num_draws, k)
-            if np.array_equal(matched, perm):
-                break
-            perm = matched
+        perm = _match_own_mean(draws, perm)
         method = "hungarian to own mean"
     out = {**dict(draws), **_permuted(draws, perm)}
+    return Relabelled(draws=out, info=_relabel_info(method, perm, gap_z))
+
+
+def _checked_locs(draws: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The ``locs`` draws as an array (chain, draw, component, feature), or a ZooInputError."""
+    if "locs" not in draws:
+        raise ZooInputError("relabel needs the 'locs' draws (chain, draw, component, feature)")
+    locs = np.asarray(draws["locs"])
+    if locs.ndim != 4:
+        raise ZooInputError(
+            f"relabel needs locs of shape (chain, draw, component, feature), got {locs.shape}"
+        )
+    return locs
+
+
+def _match_own_mean(draws: Mapping[str, np.ndarray], perm: np.ndarray) -> np.ndarray:
+    """No reference (the reference method itself): match every draw to the mean of the draws,
+    from the labels ``perm`` (C, S, K), until no draw changes (Stephens 2000's relabelling
+    with a squared-distance loss). A sort would split a component whose first coordinate
+    overlaps another's between the two."""
+    for _ in range(MAX_RELABEL_ROUNDS):
+        matched = _hungarian(draws, _permuted(draws, perm)).reshape(perm.shape)
+        if np.array_equal(matched, perm):
+            break
+        perm = matched
+    return perm
+
+
+def _relabel_info(method: str, perm: np.ndarray, gap_z: float) -> dict[str, float | int | str]:
+    """The ``info`` of :func:`relabel`: its method, label swaps and smallest gap z."""
     swaps = np.any(perm[:, 1:] != perm[:, :-1], axis=-1).sum(axis=1)
     info: dict[str, float | int | str] = {
         "relabel_method": method,
@@ -160,4 +176,4 @@ def relabel(
     }
     if math.isfinite(gap_z):  # absent for one component or point estimates a gap apart
         info["relabel_min_gap_z"] = float(gap_z)
-    return Relabelled(draws=out, info=info)
+    return info

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from zoo.datasets import vendored_csv
-from zoo.errors import ZooInputError
+from zoo.datasets import builtin_spec, vendored_csv
 from zoo.linear_regression.model import simulate
 
 
@@ -105,13 +105,17 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-def load_dataset(name: str, seed: int = 0) -> tuple[pd.DataFrame, str, dict[str, object]]:
+class Builtin(NamedTuple):
+    """A loaded built-in data set: its table, response column and default options."""
+
+    frame: pd.DataFrame
+    target: str
+    defaults: dict[str, object]
+
+
+def load_dataset(name: str, seed: int = 0) -> Builtin:
     """A built-in data set as (frame, response column, default options)."""
-    if name not in DATASETS:
-        raise ZooInputError(
-            f"unknown dataset '{name}' for linear_regression; choose one of: {', '.join(DATASETS)}"
-        )
-    spec = DATASETS[name]
+    spec = builtin_spec(DATASETS, name, "linear_regression")
     frame = spec.load(seed)
     frame.attrs["source"] = name
-    return frame, spec.target, dict(spec.defaults)
+    return Builtin(frame, spec.target, dict(spec.defaults))

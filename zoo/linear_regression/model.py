@@ -11,10 +11,9 @@ import pandas as pd
 import pyro
 import pyro.distributions as dist
 import torch
-from torch.distributions.transforms import PowerTransform
 
 from zoo.errors import ZooInputError
-from zoo.priors import SCALE_PRIORS, scale_prior
+from zoo.priors import SCALE_PRIORS, sigma_distribution
 
 SIGMA_PRIORS = SCALE_PRIORS
 
@@ -75,17 +74,6 @@ class Priors:
         return "; ".join(parts)
 
 
-def _sigma_distribution(priors: Priors, dtype: torch.dtype) -> dist.Distribution:
-    scale = torch.tensor(priors.sigma_scale, dtype=dtype)
-    if priors.family == "conjugate":
-        shape = torch.tensor(priors.sigma_shape, dtype=dtype)
-        variance = dist.InverseGamma(shape, shape * scale**2)
-        return dist.TransformedDistribution(
-            variance, [PowerTransform(torch.tensor(0.5, dtype=dtype))]
-        )
-    return scale_prior(priors.sigma_prior, scale)
-
-
 def _flat(dtype: torch.dtype, event_shape: tuple[int, ...] = ()) -> dist.Distribution:
     """The improper uniform prior over the reals (log density 0; it cannot be sampled)."""
     return dist.ImproperUniform(dist.constraints.real, torch.Size(), torch.Size(event_shape))
@@ -126,50 +114,73 @@ def model(
         The mean of y for each row.
     """
     dtype = x.dtype
-    if priors.sigma_known is None:
-        sigma = pyro.sample("sigma", _sigma_distribution(priors, dtype))
-    else:
-        sigma = torch.tensor(priors.sigma_known, dtype=dtype)
+    sigma = _sample_sigma(priors, dtype)
     # In the conjugate family the scales of the intercept and coefficients grow with sigma.
     factor = (
         sigma / priors.sigma_scale if priors.family == "conjugate" else torch.ones((), dtype=dtype)
     )
-    coef_scale = torch.as_tensor(priors.coef_scale, dtype=dtype)
-    flat = priors.family == "flat"
-    if flat:
-        coef = pyro.sample("coef", _flat(dtype, coef_scale.shape))
-    else:
-        coef = pyro.sample(
-            "coef",
-            dist.Normal(torch.zeros_like(coef_scale), factor.unsqueeze(-1) * coef_scale).to_event(
-                1
-            ),
-        )
+    coef = _sample_coef(priors, factor, dtype)
     # Global latents keep their batch dims left of the data plate, so every product with the
     # data is written (x * coef).sum(-1), never x @ coef (STYLE.md, vectorized particles).
     if not intercept:
         mean = (x * coef).sum(-1)
     else:
         xbar = x.mean(0) if x_mean is None else x_mean
-        if center:
-            a = pyro.sample(
-                "intercept_centered",
-                _flat(dtype)
-                if flat
-                else dist.Normal(priors.intercept_loc, factor * priors.intercept_scale),
-            )
-            pyro.deterministic("intercept", a - (xbar * coef).sum(-1))
-            mean = a + ((x - xbar) * coef).sum(-1)
-        else:
-            loc = priors.intercept_loc - (xbar * coef).sum(-1)
-            b = pyro.sample(
-                "intercept",
-                _flat(dtype) if flat else dist.Normal(loc, factor * priors.intercept_scale),
-            )
-            mean = b + (x * coef).sum(-1)
+        mean = _sample_intercept(x, xbar, coef, priors=priors, factor=factor, center=center)
     with pyro.plate("data", x.shape[-2]):
         pyro.sample("y", dist.Normal(mean, sigma), obs=y)
     return mean
+
+
+def _sample_sigma(priors: Priors, dtype: torch.dtype) -> torch.Tensor:
+    """The site ``sigma`` (sigma itself in the conjugate family), or the known sigma."""
+    if priors.sigma_known is not None:
+        return torch.tensor(priors.sigma_known, dtype=dtype)
+    prior = sigma_distribution(
+        priors.sigma_prior,
+        priors.sigma_scale,
+        dtype=dtype,
+        conjugate_shape=priors.sigma_shape if priors.family == "conjugate" else None,
+    )
+    return pyro.sample("sigma", prior)
+
+
+def _sample_coef(priors: Priors, factor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The site ``coef`` (D,): flat, or Normal(0, factor * coef_scale)."""
+    coef_scale = torch.as_tensor(priors.coef_scale, dtype=dtype)
+    if priors.family == "flat":
+        return pyro.sample("coef", _flat(dtype, coef_scale.shape))
+    prior = dist.Normal(torch.zeros_like(coef_scale), factor.unsqueeze(-1) * coef_scale)
+    return pyro.sample("coef", prior.to_event(1))
+
+
+def _sample_intercept(
+    x: torch.Tensor,
+    xbar: torch.Tensor,
+    coef: torch.Tensor,
+    *,
+    priors: Priors,
+    factor: torch.Tensor,
+    center: bool,
+) -> torch.Tensor:
+    """The intercept's site (at the predictor means ``xbar`` when ``center``, with
+    ``intercept`` then deterministic) and the mean of y for each row."""
+    flat = priors.family == "flat"
+    if center:
+        a = pyro.sample(
+            "intercept_centered",
+            _flat(x.dtype)
+            if flat
+            else dist.Normal(priors.intercept_loc, factor * priors.intercept_scale),
+        )
+        pyro.deterministic("intercept", a - (xbar * coef).sum(-1))
+        return a + ((x - xbar) * coef).sum(-1)
+    loc = priors.intercept_loc - (xbar * coef).sum(-1)
+    b = pyro.sample(
+        "intercept",
+        _flat(x.dtype) if flat else dist.Normal(loc, factor * priors.intercept_scale),
+    )
+    return b + (x * coef).sum(-1)
 
 
 def default_priors(
@@ -193,6 +204,42 @@ def default_priors(
     a0 s^2)``, s the sigma scale. ``family="flat"``: improper uniform intercept and
     coefficients (no scales for them may be given).
     """
+    _check_prior_options(
+        family,
+        sigma_prior,
+        intercept_scale=intercept_scale,
+        coef_scale=coef_scale,
+        sigma_scale=sigma_scale,
+        sigma_known=sigma_known,
+        sigma_shape=sigma_shape,
+    )
+    sd_y = float(np.std(y, ddof=1)) if len(y) > 1 else 1.0
+    if not sd_y > 0:
+        raise ZooInputError("the response is constant; a regression needs a response that varies")
+    return Priors(
+        family=family,
+        intercept_loc=float(np.mean(y)),
+        intercept_scale=float(2.5 * sd_y if intercept_scale is None else intercept_scale),
+        coef_scale=_coef_scales(x, sd_y, coef_scale),
+        sigma_prior=sigma_prior,
+        sigma_scale=float(sd_y if sigma_scale is None else sigma_scale),
+        sigma_shape=float(2.0 if sigma_shape is None else sigma_shape),
+        sigma_known=sigma_known,
+    )
+
+
+def _check_prior_options(
+    family: str,
+    sigma_prior: str,
+    *,
+    intercept_scale: float | None,
+    coef_scale: float | Sequence[float] | None,
+    sigma_scale: float | None,
+    sigma_known: float | None,
+    sigma_shape: float | None,
+) -> None:
+    """Raise a ZooInputError for an unknown family or an option :func:`default_priors` cannot
+    take (the coefficient scales are checked against the data by :func:`_coef_scales`)."""
     if family not in PRIOR_FAMILIES:
         raise ZooInputError(f"unknown prior '{family}'; choose one of: {', '.join(PRIOR_FAMILIES)}")
     if sigma_prior not in SIGMA_PRIORS:
@@ -217,35 +264,26 @@ def default_priors(
             "a flat prior has no scale; drop --prior-intercept-scale and --prior-coef-scale,"
             " or choose another --prior"
         )
-    sd_y = float(np.std(y, ddof=1)) if len(y) > 1 else 1.0
-    if not sd_y > 0:
-        raise ZooInputError("the response is constant; a regression needs a response that varies")
-    sd_x = np.std(x, axis=0, ddof=1) if len(x) > 1 else np.ones(x.shape[1])
+
+
+def _coef_scales(
+    x: np.ndarray, sd_y: float, coef_scale: float | Sequence[float] | None
+) -> tuple[float, ...]:
+    """One prior scale per column of ``x``: ``2.5 sd(y) / sd(x_d)``, or the given ones (one
+    for all, or one per column)."""
     if coef_scale is None:
-        scales = tuple(float(2.5 * sd_y / s) for s in sd_x)
-    else:
-        given = np.atleast_1d(np.asarray(coef_scale, dtype=float))
-        if given.ndim != 1 or len(given) not in (1, x.shape[1]):
-            raise ZooInputError(
-                f"{len(given)} coefficient prior scales for {x.shape[1]} coefficients; give one"
-                " for all, or one per feature in the order of --features"
-            )
-        given = np.broadcast_to(given, (x.shape[1],))
-        if not np.all(np.isfinite(given) & (given > 0)):
-            raise ZooInputError(
-                f"coefficient prior scales must be positive numbers, got {coef_scale}"
-            )
-        scales = tuple(float(s) for s in given)
-    return Priors(
-        family=family,
-        intercept_loc=float(np.mean(y)),
-        intercept_scale=float(2.5 * sd_y if intercept_scale is None else intercept_scale),
-        coef_scale=scales,
-        sigma_prior=sigma_prior,
-        sigma_scale=float(sd_y if sigma_scale is None else sigma_scale),
-        sigma_shape=float(2.0 if sigma_shape is None else sigma_shape),
-        sigma_known=sigma_known,
-    )
+        sd_x = np.std(x, axis=0, ddof=1) if len(x) > 1 else np.ones(x.shape[1])
+        return tuple(float(2.5 * sd_y / s) for s in sd_x)
+    given = np.atleast_1d(np.asarray(coef_scale, dtype=float))
+    if given.ndim != 1 or len(given) not in (1, x.shape[1]):
+        raise ZooInputError(
+            f"{len(given)} coefficient prior scales for {x.shape[1]} coefficients; give one"
+            " for all, or one per feature in the order of --features"
+        )
+    given = np.broadcast_to(given, (x.shape[1],))
+    if not np.all(np.isfinite(given) & (given > 0)):
+        raise ZooInputError(f"coefficient prior scales must be positive numbers, got {coef_scale}")
+    return tuple(float(s) for s in given)
 
 
 def simulate(

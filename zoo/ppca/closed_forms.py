@@ -206,12 +206,7 @@ def principal_angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def linear_autoencoder(
-    x: np.ndarray,
-    latent_dim: int,
-    *,
-    seed: int,
-    num_steps: int = 1000,
-    lr: float = 0.05,
+    x: np.ndarray, latent_dim: int, *, seed: int, num_steps: int = 1000, lr: float = 0.05
 ) -> np.ndarray:
     """A tied-weight linear autoencoder trained by gradient descent; its weights (D, K).
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from zoo.errors import ZooInputError
+from zoo.datasets import builtin_spec
 from zoo.ppca.model import simulate
 
 
@@ -84,40 +83,11 @@ class Dataset(NamedTuple):
 
 def load_dataset(name: str, seed: int = 0) -> Dataset:
     """A built-in data set with its default latent dim, label column and truth (or None)."""
-    if name not in DATASETS:
-        raise ZooInputError(
-            f"unknown dataset '{name}' for ppca; choose one of: {', '.join(DATASETS)}"
-            " (or give the path of a CSV file)"
-        )
-    spec = DATASETS[name]
+    spec = builtin_spec(DATASETS, name, "ppca")
     frame = spec.load(seed)
     frame.attrs["source"] = name
     truth = spec.truth(seed) if spec.truth is not None else None
     return Dataset(frame, spec.latent_dim, spec.labels, truth)
-
-
-def _looks_like_path(text: str) -> bool:
-    path = Path(text)
-    return path.exists() or bool(path.suffix) or "/" in text or "\\" in text
-
-
-def _check_numeric(frame: pd.DataFrame, features: Sequence[str], explicit: bool) -> None:
-    for col in features:
-        if col not in frame.columns:
-            continue  # numeric_columns names a missing column
-        values = pd.to_numeric(frame[col], errors="coerce")
-        bad = (values.isna() & frame[col].notna()).to_numpy()
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            todo = (
-                f"drop '{col}' from --features"
-                if explicit
-                else "drop that column or choose the numeric columns with --features a,b"
-            )
-            raise ZooInputError(
-                f"column '{col}' is not numeric (value {frame[col].iloc[row]!r} in data row"
-                f" {row + 1}); {todo}"
-            )
 
 
 def _feature_text(names: Sequence[str]) -> str:

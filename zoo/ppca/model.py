@@ -16,7 +16,7 @@ import pyro.distributions as dist
 import torch
 
 from zoo.errors import ZooInputError
-from zoo.priors import SCALE_PRIORS, scale_prior
+from zoo.priors import SCALE_PRIORS, sigma_distribution
 
 SIGMA_PRIORS = SCALE_PRIORS
 
@@ -87,6 +87,41 @@ def default_priors(
     or one per feature) are used as they are, in the units of the data.
     """
     x = np.asarray(x, dtype=float)
+    _check_prior_options(
+        x, sigma_prior=sigma_prior, sigma_scale=sigma_scale, scale_floor=scale_floor
+    )
+    num_features = x.shape[1]
+    sd = np.std(x, axis=0, ddof=1)
+    overall = float(np.sqrt(np.mean(sd**2)))
+    if not overall > 0:
+        raise ZooInputError(
+            "every feature is constant in the fitted rows; PPCA needs data that vary"
+        )
+    floored = np.maximum(sd, scale_floor * overall)
+    return Priors(
+        mean_loc=tuple(float(v) for v in x.mean(0)),
+        mean_scale=(
+            tuple(float(v) for v in 2.5 * floored)
+            if mean_scale is None
+            else _per_feature(mean_scale, "mean", num_features)
+        ),
+        loadings_scale=(
+            tuple(float(v) for v in 2.5 * floored / math.sqrt(latent_dim))
+            if loadings_scale is None
+            else _per_feature(loadings_scale, "loadings", num_features)
+        ),
+        sigma_prior=sigma_prior,
+        sigma_scale=float(overall if sigma_scale is None else sigma_scale),
+        data_scale=overall,
+        floor=float(scale_floor * overall),
+        floored=int(np.sum(sd < scale_floor * overall)),
+    )
+
+
+def _check_prior_options(
+    x: np.ndarray, *, sigma_prior: str, sigma_scale: float | None, scale_floor: float
+) -> None:
+    """Raise a ZooInputError for data or options :func:`default_priors` cannot take."""
     if x.ndim != 2 or len(x) < 2:
         raise ZooInputError("priors need at least 2 rows of data; give more rows")
     if sigma_prior not in SIGMA_PRIORS:
@@ -97,51 +132,20 @@ def default_priors(
         raise ZooInputError(f"scale floor must be in (0, 1], got {scale_floor}")
     if sigma_scale is not None and not (math.isfinite(sigma_scale) and sigma_scale > 0):
         raise ZooInputError(f"sigma scale must be a positive number, got {sigma_scale}")
-    num_features = x.shape[1]
-    sd = np.std(x, axis=0, ddof=1)
-    overall = float(np.sqrt(np.mean(sd**2)))
-    if not overall > 0:
+
+
+def _per_feature(value: float | Sequence[float], what: str, num_features: int) -> tuple[float, ...]:
+    """A given prior scale, one number or one per feature, as one per feature."""
+    arr = np.asarray(value, dtype=float)
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != num_features):
         raise ZooInputError(
-            "every feature is constant in the fitted rows; PPCA needs data that vary"
+            f"{what} prior scale needs one number or {num_features} (one per feature),"
+            f" got {arr.size}"
         )
-    floored = np.maximum(sd, scale_floor * overall)
-
-    def given(value: float | Sequence[float], what: str) -> tuple[float, ...]:
-        arr = np.asarray(value, dtype=float)
-        if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != num_features):
-            raise ZooInputError(
-                f"{what} prior scale needs one number or {num_features} (one per feature),"
-                f" got {arr.size}"
-            )
-        arr = np.broadcast_to(arr, (num_features,))
-        if not np.all(np.isfinite(arr) & (arr > 0)):
-            raise ZooInputError(f"{what} prior scales must be positive numbers, got {value}")
-        return tuple(float(v) for v in arr)
-
-    return Priors(
-        mean_loc=tuple(float(v) for v in x.mean(0)),
-        mean_scale=(
-            tuple(float(v) for v in 2.5 * floored)
-            if mean_scale is None
-            else given(mean_scale, "mean")
-        ),
-        loadings_scale=(
-            tuple(float(v) for v in 2.5 * floored / math.sqrt(latent_dim))
-            if loadings_scale is None
-            else given(loadings_scale, "loadings")
-        ),
-        sigma_prior=sigma_prior,
-        sigma_scale=float(overall if sigma_scale is None else sigma_scale),
-        data_scale=overall,
-        floor=float(scale_floor * overall),
-        floored=int(np.sum(sd < scale_floor * overall)),
-    )
-
-
-def _sigma_distribution(priors: Priors, dtype: torch.dtype, device) -> dist.Distribution:
-    return scale_prior(
-        priors.sigma_prior, torch.tensor(priors.sigma_scale, dtype=dtype, device=device)
-    )
+    arr = np.broadcast_to(arr, (num_features,))
+    if not np.all(np.isfinite(arr) & (arr > 0)):
+        raise ZooInputError(f"{what} prior scales must be positive numbers, got {value}")
+    return tuple(float(v) for v in arr)
 
 
 def _num_rows(x: torch.Tensor | None, num_data: int | None, priors: Priors) -> tuple:
@@ -163,16 +167,15 @@ def _global_sites(
     mean = pyro.sample(
         "mean", dist.Normal(tensor(priors.mean_loc), tensor(priors.mean_scale)).to_event(1)
     )
-    sigma = pyro.sample("sigma", _sigma_distribution(priors, dtype, device))
+    sigma = pyro.sample(
+        "sigma",
+        sigma_distribution(priors.sigma_prior, priors.sigma_scale, dtype=dtype, device=device),
+    )
     return loadings, mean, sigma
 
 
 def model(
-    x: torch.Tensor | None = None,
-    *,
-    latent_dim: int,
-    priors: Priors,
-    num_data: int | None = None,
+    x: torch.Tensor | None = None, *, latent_dim: int, priors: Priors, num_data: int | None = None
 ) -> torch.Tensor:
     """Marginal Pyro model of PPCA: ``x_n ~ Normal(mean, W W^T + sigma^2 I)`` (z integrated out).
 
@@ -201,11 +204,7 @@ def model(
 
 
 def summary_model(
-    x: torch.Tensor | None = None,
-    *,
-    latent_dim: int,
-    priors: Priors,
-    num_data: int | None = None,
+    x: torch.Tensor | None = None, *, latent_dim: int, priors: Priors, num_data: int | None = None
 ) -> None:
     """The marginal model of :func:`model` with the likelihood summed over rows in closed
     form: the same density, from the data's mean and scatter.
@@ -240,11 +239,7 @@ def summary_model(
 
 
 def local_model(
-    x: torch.Tensor | None = None,
-    *,
-    latent_dim: int,
-    priors: Priors,
-    num_data: int | None = None,
+    x: torch.Tensor | None = None, *, latent_dim: int, priors: Priors, num_data: int | None = None
 ) -> torch.Tensor:
     """PPCA with explicit latents ``z`` (shape (N, K)), for amortized guides.
 

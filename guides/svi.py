@@ -1,0 +1,399 @@
+"""The SVI loop: a learning-rate schedule that decays on plateaus, the best parameters kept,
+a NaN guard, a time budget, and what networks need (epochs of seeded minibatches, a
+held-out objective for early stopping, a weight on the local latents' KL, checkpoints).
+
+The loop's state is one dataclass (:class:`LoopState`), so that a checkpoint holds all of it
+and a resumed fit continues exactly where the interrupted one was.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import SVI
+from pyro.optim import ClippedAdam
+from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER, normalize_param_name
+from tqdm.auto import tqdm
+
+from guides.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from guides.config import FAR_BELOW, FitConfig, FitError, FitResult, make_elbo
+from guides.weights import Batches, weighted
+
+logger = logging.getLogger(__name__)
+
+
+def _plateau(elbo: list[float], window: int, min_steps: int, rtol: float) -> bool:
+    """True when the mean ELBO of the last window is no better than that of the one before,
+    up to twice the standard error of the difference (plus ``rtol`` of its size)."""
+    w = window
+    if len(elbo) < max(min_steps, 2 * w):
+        return False
+    prev, last = np.asarray(elbo[-2 * w : -w]), np.asarray(elbo[-w:])
+    gain = last.mean() - prev.mean()
+    se = math.sqrt((prev.var() + last.var()) / w)
+    return gain < 2.0 * se + rtol * abs(last.mean())
+
+
+def _window(values: list[float]) -> tuple[float, float]:
+    """Mean of a window of ELBO estimates and its standard error: the larger of the one for
+    independent estimates and the one from the means of 10 batches, which also sees the
+    slow wander of parameters stepped at a high rate (consecutive estimates correlate)."""
+    v = np.asarray(values)
+    if len(v) < 2:
+        return float(v.mean()), math.inf
+    se = v.std(ddof=1) / math.sqrt(len(v))
+    if len(v) >= 20:
+        batches = v[: len(v) // 10 * 10].reshape(10, -1).mean(axis=1)
+        se = max(se, batches.std(ddof=1) / math.sqrt(10))
+    return float(v.mean()), float(se)
+
+
+def _far_below(best: tuple[float, float], last: tuple[float, float], rtol: float) -> bool:
+    """True when the window mean ``last`` lies below ``best`` by more than ``FAR_BELOW``
+    standard errors of the difference (plus ``rtol`` of its size): a collapse, not noise."""
+    (best_mean, best_se), (mean, se) = best, last
+    return best_mean - mean > FAR_BELOW * math.hypot(best_se, se) + rtol * abs(mean)
+
+
+def _parameters() -> dict[str, torch.Tensor]:
+    """The unconstrained parameters of the param store by name (what the optimizer steps)."""
+    return dict(pyro.get_param_store().named_parameters())
+
+
+@dataclass
+class Snapshot:
+    """A copy of every parameter, taken at a step, with the objective that earned it."""
+
+    stats: tuple[float, float] | None = None
+    step: int = 0
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def take(self, stats: tuple[float, float], step: int) -> None:
+        self.stats, self.step = stats, step
+        self.values = {k: p.detach().clone() for k, p in _parameters().items()}
+
+    def update(self, stats: tuple[float, float], step: int) -> None:
+        """Take a copy when ``stats`` (mean, se) beats the one held."""
+        if self.stats is None or stats[0] > self.stats[0]:
+            self.take(stats, step)
+
+    def restore(self) -> None:
+        params = _parameters()
+        with torch.no_grad():
+            for name, value in self.values.items():
+                params[name].copy_(value)
+
+
+@dataclass
+class LoopState:
+    """Everything the SVI loop carries from one step to the next."""
+
+    step: int = 0
+    trace: list[float] = field(default_factory=list)
+    decays: int = 0
+    last_change: int = 0
+    converged: bool = False
+    done: bool = False
+    rollbacks: list[str] = field(default_factory=list)
+    info: dict[str, object] = field(default_factory=dict)
+    best: Snapshot = field(default_factory=Snapshot)
+    held_out: list[float] = field(default_factory=list)
+    best_held_out: Snapshot = field(default_factory=Snapshot)
+    seconds: float = 0.0
+
+
+def _network_names() -> set[str]:
+    """Names, as a per-parameter optimizer sees them, of the parameters registered with
+    ``pyro.module`` (torch modules: encoders, decoders)."""
+    return {
+        normalize_param_name(name)
+        for name in pyro.get_param_store().keys()
+        if _MODULE_NAMESPACE_DIVIDER in name
+    }
+
+
+def _optimizer(config: FitConfig) -> ClippedAdam:
+    """ClippedAdam with ``config.network_lr`` for network parameters, ``config.lr`` else."""
+
+    def args(name: str) -> dict[str, float]:
+        lr = config.network_lr if name in _network_names() else config.lr
+        return {"lr": lr, "clip_norm": config.clip_norm}
+
+    return ClippedAdam(args)
+
+
+def _scale_lr(optim: ClippedAdam, factor: float, *, reset: bool = False) -> None:
+    for opt in optim.optim_objs.values():
+        for group in opt.param_groups:
+            group["lr"] *= factor
+        if reset:  # Adam's moments of a collapse would throttle the steps from the best
+            opt.state.clear()
+
+
+@dataclass
+class _Loop:
+    """One SVI fit: the objective, the optimizer, the data of each step and the state."""
+
+    model: Callable[..., object]
+    guide: object
+    config: FitConfig
+    name: str
+    data: Mapping[str, torch.Tensor]
+    elbo: object
+    optim: ClippedAdam
+    svi: SVI
+    batches: Batches | None
+    held_out: Mapping[str, torch.Tensor] | None
+    weights: dict[str, object]
+    state: LoopState = field(default_factory=LoopState)
+
+    def step_data(self) -> tuple[dict[str, torch.Tensor], float]:
+        """The keyword data of the next step and the weight of its rows (N / batch size)."""
+        data = dict(self.data)
+        if self.config.subsample_size is not None:
+            data["subsample_size"] = self.config.subsample_size
+        if self.batches is None:
+            return data, 1.0
+        return self.batches.next(data)
+
+    def beta(self) -> float:
+        """The weight of the local latents' KL at this step (KL warm-up, then ``beta``)."""
+        warmup = self.config.kl_warmup
+        ramp = 1.0 if not warmup else min(1.0, (self.state.step + 1) / warmup)
+        return self.config.beta * ramp
+
+    def take_step(self) -> float:
+        data, rows = self.step_data()
+        with weighted(rows=rows, beta=self.beta(), **self.weights):
+            loss = self.svi.step(**data)
+        if not math.isfinite(loss):
+            trace = self.state.trace
+            last = f"{trace[-1]:.6g}" if trace else "none"
+            raise FitError(
+                f"{self.name}: the ELBO became {-loss} at step {self.state.step} (last finite"
+                f" ELBO {last}); lower the learning rate or check the scale of the data and"
+                " priors"
+            )
+        self.state.trace.append(-loss)
+        self.state.step += 1
+        return -loss
+
+    def estimate(self, data: Mapping[str, torch.Tensor], repeats: int) -> float:
+        """The mean of ``repeats`` ELBO estimates at the current parameters (beta 1)."""
+        with torch.no_grad(), weighted(rows=1.0, beta=1.0, **self.weights):
+            return float(
+                np.mean([-self.elbo.loss(self.model, self.guide, **data) for _ in range(repeats)])
+            )
+
+
+def _check_window(loop: _Loop, moving: Callable[[], bool] | None) -> None:
+    """A window check: the best window, the guide's own view, then the plateau rule."""
+    s, config, w = loop.state, loop.config, loop.config.window
+    window_stats = _window(s.trace[-w:])
+    s.best.update(window_stats, s.step)
+    still_moving = moving is not None and bool(moving())
+    min_steps = config.min_steps if s.decays == 0 else 2 * w
+    if not _plateau(s.trace[s.last_change :], w, min_steps, config.rtol):
+        return
+    if still_moving and s.decays == config.num_decays:
+        return  # the last plateau: not converged while the guide still moves
+    collapsed = _far_below(s.best.stats, window_stats, config.rtol)
+    if collapsed:
+        s.best.restore()
+        s.rollbacks.append(
+            f"at step {s.step} back to step {s.best.step}"
+            f" (window ELBO {window_stats[0]:.6g} against {s.best.stats[0]:.6g})"
+        )
+        logger.info(
+            "%s: plateau below the best (window mean %.6g, best %.6g at step %d);"
+            " best parameters put back, learning rate divided by 10",
+            loop.name,
+            window_stats[0],
+            s.best.stats[0],
+            s.best.step,
+        )
+        if s.decays == config.num_decays:
+            s.done = True  # the end-of-fit check reports it, not converged
+            return
+    elif s.decays == config.num_decays:
+        s.converged = s.done = True
+        return
+    s.decays += 1
+    s.last_change = s.step
+    _scale_lr(loop.optim, 0.1, reset=collapsed)
+
+
+def _check_held_out(loop: _Loop) -> None:
+    """Early stopping: the held-out ELBO per row at the end of an epoch; after
+    ``config.patience`` checks without a better one, the best parameters are put back."""
+    s, config = loop.state, loop.config
+    rows = next(iter(loop.held_out.values())).shape[0]
+    value = loop.estimate(loop.held_out, config.held_out_repeats) / rows
+    s.held_out.append(value)
+    s.best_held_out.update((value, 0.0), s.step)
+    if config.patience is None or len(s.held_out) - 1 - _best_index(s.held_out) < config.patience:
+        return
+    s.best_held_out.restore()
+    s.info["early_stopped"] = (
+        f"held-out ELBO {s.best_held_out.stats[0]:.6g} per row at step {s.best_held_out.step}"
+        f" not bettered in {config.patience} checks; its parameters put back"
+    )
+    s.converged = s.done = True
+
+
+def _best_index(values: list[float]) -> int:
+    return int(np.argmax(values))
+
+
+def _finish(loop: _Loop, start: float) -> FitResult:
+    """The final objective (restoring the best parameters where the end fell far below
+    them) and the result."""
+    s, config, w = loop.state, loop.config, loop.config.window
+    if s.rollbacks:
+        s.info["rollbacks"] = "; ".join(s.rollbacks)
+    final = math.nan
+    if s.trace and "early_stopped" not in s.info:
+        tail = s.trace[max(s.last_change, len(s.trace) - w) :] or s.trace[-w:]
+        final = _window(tail)[0]
+        if s.best.stats is not None and _far_below(s.best.stats, _window(tail), config.rtol):
+            s.best.restore()
+            s.converged = False
+            final = loop.estimate(loop.step_data()[0] if loop.batches is None else loop.data, w)
+            s.info["restored"] = (
+                f"restored best parameters from step {s.best.step} (window ELBO"
+                f" {s.best.stats[0]:.6g}; the last window's {_window(tail)[0]:.6g},"
+                f" {final:.6g} re-estimated there)"
+            )
+            logger.warning("%s: %s", loop.name, s.info["restored"])
+    elif s.trace:
+        final = loop.estimate(loop.data, w)
+    _warn_not_converged(loop)
+    if config.subsample_size is not None:
+        s.info["subsample_size"] = config.subsample_size
+    if s.held_out:
+        s.info["held_out_elbo"] = s.best_held_out.stats[0]
+    return FitResult(
+        name=loop.name,
+        guide=loop.guide,
+        model=loop.model,
+        data=loop.data,
+        elbo=np.asarray(s.trace),
+        steps=len(s.trace),
+        grad_evals=len(s.trace) * loop.elbo.num_particles,
+        wall_s=s.seconds + time.perf_counter() - start,
+        converged=s.converged,
+        final_elbo=final,
+        max_plate_nesting=loop.elbo.max_plate_nesting,
+        info=s.info,
+        held_out_elbo=np.asarray(s.held_out),
+    )
+
+
+def _warn_not_converged(loop: _Loop) -> None:
+    s = loop.state
+    if "budget" in s.info:
+        logger.warning("%s: not converged: %s", loop.name, s.info["budget"])
+    elif not s.converged and "restored" not in s.info:
+        logger.warning(
+            "%s: not converged after %d steps (ELBO still improving)", loop.name, len(s.trace)
+        )
+
+
+def _prime(loop: _Loop) -> None:
+    """Run the objective once on every row before the first minibatch, so that a network
+    that sets itself up from its first input (an encoder's standardization of the data) sees
+    all the rows, not one batch; the random number streams are left as they were."""
+    devices = {v.device for v in loop.data.values() if torch.is_tensor(v)}
+    cuda = [d.index or 0 for d in devices if d.type == "cuda"]
+    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        loop.elbo.loss(loop.model, loop.guide, **loop.data)
+
+
+def _run(loop: _Loop, checkpoint: Checkpoint | None, start: float) -> None:
+    """Steps until converged, stopped early, out of steps or out of time."""
+    config, s = loop.config, loop.state
+    moving = getattr(loop.guide, "still_moving", None)
+    moving = moving if callable(moving) else None
+    epoch = loop.batches.per_epoch if loop.batches is not None else config.window
+    bar = tqdm(total=config.num_steps, initial=s.step, desc=loop.name, disable=not config.progress)
+    with bar:
+        while s.step < config.num_steps and not s.done:
+            elapsed = s.seconds + time.perf_counter() - start
+            if config.max_seconds is not None and elapsed > config.max_seconds:
+                s.info["budget"] = (
+                    f"time limit of {config.max_seconds:g} s reached after {s.step} steps"
+                )
+                break
+            value = loop.take_step()
+            if s.step % 50 == 1:
+                bar.set_postfix(elbo=f"{value:.4g}")
+            bar.update()
+            if s.step % config.window == 0:
+                _check_window(loop, moving)
+            if loop.held_out is not None and s.step % epoch == 0 and not s.done:
+                _check_held_out(loop)
+            if checkpoint is not None and s.step % checkpoint.every == 0:
+                save_checkpoint(checkpoint, loop, s.seconds + time.perf_counter() - start)
+
+
+def fit(
+    model: Callable[..., object],
+    guide: object,
+    *,
+    seed: int,
+    config: FitConfig = FitConfig(),
+    num_particles: int = 8,
+    max_plate_nesting: int = 1,
+    name: str = "guide",
+    enumerate: bool = False,
+    held_out: Mapping[str, torch.Tensor] | None = None,
+    local_sites: tuple[str, ...] = (),
+    plate: str = "data",
+    checkpoint: Checkpoint | None = None,
+    **data: torch.Tensor,
+) -> FitResult:
+    """Fit ``guide`` to ``model(**data)`` by SVI with vectorized particles: Trace_ELBO, or
+    TraceEnum_ELBO when ``enumerate`` (the model sums out its discrete sites marked by
+    ``config_enumerate``; the guide must not contain them).
+
+    The schedule, the separate rate of network parameters, the best parameters kept, the
+    time budget and the ``guide.still_moving()`` hook are described in :class:`FitConfig`.
+    ``info`` says what happened beyond a plain fit: ``budget`` (the time limit was reached),
+    ``rollbacks`` (the best parameters put back after a collapse, mid-fit), ``restored``
+    (put back at the end: the fit is then not converged), ``early_stopped``.
+
+    What networks need: ``config.batch_size``, epochs of a seeded shuffle of the rows of the
+    plate named ``plate``, whose sites are weighted by N / batch size; ``held_out``, the
+    data of held-out rows, whose ELBO per row is estimated every epoch (every ``window``
+    steps without batches; ``result.held_out_elbo``) and, with ``config.patience``, stops
+    the fit; ``local_sites``, the per-row sites whose KL ``config.beta`` weighs;
+    ``checkpoint``, the loop's state written every ``checkpoint.every`` steps and resumed
+    from where the file exists (:mod:`guides.checkpoint`).
+
+    Raises :class:`FitError` when the ELBO becomes NaN or infinite, naming the step.
+    """
+    pyro.set_rng_seed(seed)
+    particles = config.num_particles or num_particles
+    elbo = make_elbo(particles, max_plate_nesting, enumerate=enumerate)
+    optim = _optimizer(config)
+    batches = None
+    if config.batch_size is not None:
+        batches = Batches.of(data, config.batch_size, seed=seed)
+    loop = _Loop(
+        model, guide, config, name, data, elbo, optim, SVI(model, guide, optim, elbo),
+        batches, held_out, {"plate": plate, "local_sites": tuple(local_sites)},
+    )  # fmt: skip
+    if batches is not None:
+        _prime(loop)
+    if checkpoint is not None and checkpoint.path.exists():
+        load_checkpoint(checkpoint, loop)
+    start = time.perf_counter()
+    _run(loop, checkpoint, start)
+    return _finish(loop, start)

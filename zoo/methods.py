@@ -1,0 +1,69 @@
+"""The methods a posterior offers: a table of frozen specs that each model declares.
+
+A method is a named run of one family (``nuts``, a closed form, or a guide family) with its
+options; one family may appear under several names (two encoders of ``amortized``, say), and
+all of them can run in one comparison. The runners live in :mod:`comparisons.runners`, one
+per family, all with one signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+#: Other names a user may give for a method (one table for the command line and Python).
+METHOD_ALIASES: dict[str, str] = {"map": "delta"}
+
+#: The family of a closed-form method (its options name the form in
+#: ``Posterior.closed_forms``).
+CLOSED_FORM = "closed_form"
+
+#: The family of Pyro's NUTS sampler.
+NUTS = "nuts"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of a comparison.
+
+    ``name`` is its name in reports and results.json; ``family`` the runner that runs it:
+    ``"nuts"``, ``"closed_form"`` or a guide family (``mean_field``, ``amortized``...);
+    ``options`` the family's options (a guide class's keywords, such as ``encoder``; for a
+    closed form, ``form``: its key in ``Posterior.closed_forms``). ``default``: run when a
+    comparison names no methods (False where it would take hours, with the reason in the
+    posterior's description).
+    """
+
+    name: str
+    family: str
+    options: Mapping[str, object] = field(default_factory=dict)
+    default: bool = True
+
+
+def declare_methods(
+    closed_forms: Iterable[str],
+    guides: Iterable[str],
+    *,
+    nuts: bool = True,
+    not_by_default: Iterable[str] = (),
+    variants: Iterable[MethodSpec] = (),
+) -> tuple[MethodSpec, ...]:
+    """The usual table of a model: its closed forms, then NUTS, then one method per guide
+    family (named by it), then any named ``variants``; the names in ``not_by_default`` are
+    left out of the default set."""
+    skip = set(not_by_default)
+    specs = [MethodSpec(name, CLOSED_FORM, {"form": name}) for name in closed_forms]
+    if nuts:
+        specs.append(MethodSpec(NUTS, NUTS))
+    specs += [MethodSpec(name, name) for name in guides]
+    specs += list(variants)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"method names must be unique, got {names}")
+    return tuple(
+        MethodSpec(s.name, s.family, s.options, s.default and s.name not in skip) for s in specs
+    )
+
+
+#: Pyro's NUTS under its usual name, as a model declares it.
+NUTS_METHOD = MethodSpec(NUTS, NUTS)
