@@ -970,10 +970,14 @@ def _warnings_html(results: dict) -> str:
 def _reference_note(results: dict) -> str:
     """What accuracy is measured against, and how far the reference can be trusted."""
     ref = results.get("reference")
+    no_globals = not any(rec.get("summary") for rec in results["methods"].values())
     ref_note = (
         f"Accuracy is measured against <b>{html.escape(ref)}</b>: mean z = |mean - "
         "mean<sub>ref</sub>| / sd<sub>ref</sub>, sd ratio = sd / sd<sub>ref</sub>."
         if ref
+        else "<b>No reference</b>: the model has no global latent sites to judge against"
+        " one; its methods are compared by the model's own numbers."
+        if no_globals and all("status" not in r["diagnostics"] for r in results["methods"].values())
         else "<b>No reference</b>: nothing is judged (zoo fit), or the reference failed."
     )
     status = results.get("reference_status") or {}
