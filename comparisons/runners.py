@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pyro
@@ -291,14 +292,7 @@ def _nuts_chain(posterior: Posterior, chain: int, *, seed: int, preset: Preset, 
     return {k: to_numpy(v) for k, v in mcmc.get_samples().items()}, kernel
 
 
-def run_nuts(
-    posterior: Posterior,
-    method: MethodSpec = NUTS_METHOD,
-    *,
-    seed: int,
-    preset: Preset,
-    progress: bool = False,
-) -> MethodRun:
+def run_nuts(posterior, method=NUTS_METHOD, *, seed, preset, progress=False) -> MethodRun:
     """Pyro NUTS (JIT-compiled potential), chains run one after another with seeds
     ``seed, seed + 1, ...``, so the result does not depend on the number of cores.
 
@@ -425,14 +419,7 @@ def _per_row(result, posterior: Posterior) -> dict[str, tuple[np.ndarray, tuple[
         return dict(outputs(posterior.data))
 
 
-def run_guide(
-    posterior: Posterior,
-    method: MethodSpec,
-    *,
-    seed: int,
-    preset: Preset,
-    progress: bool = False,
-) -> MethodRun:
+def run_guide(posterior, method, *, seed, preset, progress=False) -> MethodRun:
     """Fit a guide family by SVI (L-BFGS for a point), then draw from it (one chain of draws
     from q). The options are the method's, over the preset's for its family."""
     spec = get_guide(method.family)
@@ -467,14 +454,7 @@ def run_guide(
     )
 
 
-def run_closed_form(
-    posterior: Posterior,
-    method: MethodSpec,
-    *,
-    seed: int,
-    preset: Preset,
-    progress: bool = False,
-) -> MethodRun:
+def run_closed_form(posterior, method, *, seed, preset, progress=False) -> MethodRun:
     """A closed form of the model (exact posterior, ML, EM): ``posterior.closed_forms``
     under the method's ``form`` option (its name by default)."""
     form = str(method.options.get("form", method.name))
@@ -493,8 +473,21 @@ def run_closed_form(
     )
 
 
-#: ``runner(posterior, method, *, seed, preset, progress) -> MethodRun``: one signature.
-Runner = Callable[..., MethodRun]
+class Runner(Protocol):
+    """The one signature of every runner (:func:`run_nuts`, :func:`run_guide`,
+    :func:`run_closed_form`): the posterior, the method, the seed, the preset, and whether
+    to show progress; it returns the method's :class:`MethodRun`, failures included."""
+
+    def __call__(
+        self,
+        posterior: Posterior,
+        method: MethodSpec,
+        *,
+        seed: int,
+        preset: Preset,
+        progress: bool = False,
+    ) -> MethodRun: ...
+
 
 #: The runner of each method family that is not a guide family (those run by
 #: :func:`run_guide`).
@@ -558,13 +551,6 @@ def resolve_methods(
     return list(resolved.values())
 
 
-def run_method(
-    posterior: Posterior,
-    method: MethodSpec,
-    *,
-    seed: int,
-    preset: Preset,
-    progress: bool = False,
-) -> MethodRun:
+def run_method(posterior, method, *, seed, preset, progress=False) -> MethodRun:
     """Run one resolved method."""
     return runner(method)(posterior, method, seed=seed, preset=preset, progress=progress)

@@ -238,14 +238,10 @@ def fit_guide(
 ) -> FitResult:
     """Build the guide family ``name`` for ``model`` and fit it to ``model(**data)``.
 
-    Point guides (delta, and the MAP step of laplace) are fitted by :func:`fit_lbfgs`, the
-    others by SVI (:func:`fit`). With ``config.init="map"`` (the default) a stochastic guide
-    starts at the MAP point of the unconstrained latent vector and is fitted in coordinates
-    whitened by the curvature there (:mod:`guides.whiten`); the cost of that start (L-BFGS
-    evaluations, and the Hessian at two gradient evaluations a row) is part of the fit's.
-    Discrete sites the model enumerates (``config_enumerate``) are hidden from the guide and
-    summed out by TraceEnum_ELBO. The fit runs in a param store of its own, which the
-    result keeps (:meth:`FitResult.active`).
+    Point guides are fitted by :func:`fit_lbfgs`, the others by SVI (:func:`fit`), from the
+    MAP point and whitened there with ``config.init="map"`` (:mod:`guides.start`; its cost
+    counted in the fit's). Enumerated discrete sites are hidden from the guide and summed
+    out. The fit runs in a param store of its own, kept by the result (``active()``).
 
     Parameters
     ----------

@@ -5,25 +5,22 @@ needs no special case in the runners, the conversion or the report."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pyro
 import pytest
 import torch
-from helpers import validate
+from helpers import TINY, validate
 from neural_model import LATENT, ROWS, tiny_posterior
 
-from comparisons import Preset, compare
+from comparisons import compare
 from guides import FitConfig, fit_guide
 
-QUICK = Preset(
-    "quick",
-    num_chains=1,
-    num_warmup=0,
-    num_samples=0,
-    num_draws=100,
-    fit=FitConfig(num_steps=300, min_steps=100, window=50),
+#: One draw of nothing: the model has no global sites, and the fits are short.
+QUICK = dataclasses.replace(
+    TINY, name="quick", num_draws=100, fit=FitConfig(num_steps=300, min_steps=100, window=50)
 )
 
 
