@@ -225,7 +225,7 @@ def reference_status(method: str, record: Mapping[str, Mapping]) -> dict:
     problems: list[str] = []
     if diag.get("status") == "failed":
         problems.append(f"failed: {diag.get('error', '')}")
-    elif method == "nuts":
+    elif "r_hat_max" in diag:  # a sampler's chains: judged by their own checks
         problems += nuts_checks(diag)
     elif diag.get("converged") is False:
         problems.append("did not converge")
@@ -290,7 +290,7 @@ def verdict(
     if diag.get("status") == "stopped":  # the reason starts with "stopped"
         return str(diag.get("reason", "stopped"))
     notes = []
-    if method == "nuts":
+    if "r_hat_max" in diag:  # chains of a sampler (NUTS): its convergence first
         # Where raw parameters are not identified (rotations of PPCA's loadings), NUTS is
         # judged on the identified quantities, and the raw R-hat is said beside them.
         suffix = "_identified" if "r_hat_max_identified" in diag else ""

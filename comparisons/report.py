@@ -824,7 +824,8 @@ def _label_swaps_html(results: dict) -> str:
     swaps = {
         m: rec["diagnostics"]["label_swaps_per_chain"]
         for m, rec in results["methods"].items()
-        if "label_swaps_per_chain" in rec.get("diagnostics", {}) and m.startswith("nuts")
+        if "label_swaps_per_chain" in rec.get("diagnostics", {})
+        and "r_hat_max" in rec["diagnostics"]
     }
     if not swaps:
         return ""
