@@ -130,10 +130,7 @@ def load_checkpoint(checkpoint: Checkpoint, loop: _Loop) -> None:
 def _create_parameters(loop: _Loop) -> None:
     """Run the objective once so that every parameter exists in the param store (its
     random draws do not matter: the generator's state is put back afterwards)."""
-    data = dict(loop.data)
-    if loop.config.subsample_size is not None:
-        data["subsample_size"] = loop.config.subsample_size
-    loop.elbo.loss(loop.model, loop.guide, **data)
+    loop.elbo.loss(loop.model, loop.guide, **loop.full_data())
 
 
 def _load_parameters(path: Path, values: dict[str, torch.Tensor]) -> None:

@@ -25,7 +25,7 @@ from guides.draws import DRAW_BUDGET, draw, enumerated_sites
 from guides.lbfgs import GRAD_TOL, MAX_OVERFLOWS, MAX_ROUNDS, MAX_SCALED_DIM, fit_lbfgs
 from guides.registry import INITS, GuideSpec, get_guide
 from guides.start import Start, StartForm, find_start, laplace_factor
-from guides.svi import _optimizer, fit
+from guides.svi import fit
 from zoo import LocalLatents, Posterior, ZooInputError
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
     "FitError",
     "FitResult",
     "Target",
-    "_optimizer",
     "draw",
     "enumerated_sites",
     "fit",

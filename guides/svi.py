@@ -154,14 +154,25 @@ class _Loop:
     weights: dict[str, object]
     state: LoopState = field(default_factory=LoopState)
 
-    def step_data(self) -> tuple[dict[str, torch.Tensor], float]:
-        """The keyword data of the next step and the weight of its rows (N / batch size)."""
+    def full_data(self) -> dict[str, object]:
+        """The keyword data of a step without minibatches of this loop's own (a model's
+        ``subsample_size`` passed on where set)."""
         data = dict(self.data)
         if self.config.subsample_size is not None:
             data["subsample_size"] = self.config.subsample_size
+        return data
+
+    def step_data(self) -> tuple[dict[str, object], float]:
+        """The keyword data of the next step and the weight of its rows (N / batch size)."""
         if self.batches is None:
-            return data, 1.0
-        return self.batches.next(data)
+            return self.full_data(), 1.0
+        return self.batches.next(self.data)
+
+    def forked_rng(self):
+        """A block whose random draws leave the fit's random number streams as they were
+        (CPU, and the GPU the data are on)."""
+        devices = {v.device for v in self.data.values() if torch.is_tensor(v)}
+        return torch.random.fork_rng(devices=[d.index or 0 for d in devices if d.type == "cuda"])
 
     def beta(self) -> float:
         """The weight of the local latents' KL at this step (KL warm-up, then ``beta``)."""
@@ -235,10 +246,12 @@ def _check_held_out(loop: _Loop) -> None:
     ``config.patience`` checks without a better one, the best parameters are put back."""
     s, config = loop.state, loop.config
     rows = next(iter(loop.held_out.values())).shape[0]
-    value = loop.estimate(loop.held_out, config.held_out_repeats) / rows
+    with loop.forked_rng():  # checking never moves the training's random draws
+        value = loop.estimate(loop.held_out, config.held_out_repeats) / rows
     s.held_out.append(value)
     s.best_held_out.update((value, 0.0), s.step)
-    if config.patience is None or len(s.held_out) - 1 - _best_index(s.held_out) < config.patience:
+    since_best = len(s.held_out) - 1 - int(np.argmax(s.held_out))
+    if config.patience is None or since_best < config.patience:
         return
     s.best_held_out.restore()
     s.info["early_stopped"] = (
@@ -246,10 +259,6 @@ def _check_held_out(loop: _Loop) -> None:
         f" not bettered in {config.patience} checks; its parameters put back"
     )
     s.converged = s.done = True
-
-
-def _best_index(values: list[float]) -> int:
-    return int(np.argmax(values))
 
 
 def _finish(loop: _Loop, start: float) -> FitResult:
@@ -265,7 +274,7 @@ def _finish(loop: _Loop, start: float) -> FitResult:
         if s.best.stats is not None and _far_below(s.best.stats, _window(tail), config.rtol):
             s.best.restore()
             s.converged = False
-            final = loop.estimate(loop.step_data()[0] if loop.batches is None else loop.data, w)
+            final = loop.estimate(loop.full_data(), w)
             s.info["restored"] = (
                 f"restored best parameters from step {s.best.step} (window ELBO"
                 f" {s.best.stats[0]:.6g}; the last window's {_window(tail)[0]:.6g},"
@@ -310,9 +319,7 @@ def _prime(loop: _Loop) -> None:
     """Run the objective once on every row before the first minibatch, so that a network
     that sets itself up from its first input (an encoder's standardization of the data) sees
     all the rows, not one batch; the random number streams are left as they were."""
-    devices = {v.device for v in loop.data.values() if torch.is_tensor(v)}
-    cuda = [d.index or 0 for d in devices if d.type == "cuda"]
-    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+    with loop.forked_rng(), torch.no_grad():
         loop.elbo.loss(loop.model, loop.guide, **loop.data)
 
 

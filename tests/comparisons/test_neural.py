@@ -35,10 +35,13 @@ def test_a_model_with_a_decoder_and_no_globals_runs_through_compare_to_a_report(
     for name, record in results["methods"].items():
         assert record["diagnostics"].get("status") != "failed", (name, record)
         assert record["summary"] == {}  # no global sites: nothing to summarize
-        # The hook's number, a finite ELBO per row, near the fit's own final ELBO per row.
+        # The hook's number, a finite ELBO per row, near the fit's own final ELBO per row:
+        # that is the mean of the last window of a fit still improving, the hook's a
+        # 64-particle estimate at the end. Differences seen, seeds 0-2, all three methods:
+        # -0.000 to 0.061 nats per row; 0.3 leaves 5 times that.
         elbo = record["metrics"]["elbo_train"]
         final = record["diagnostics"]["final_elbo"] / post.num_data
-        assert math.isfinite(elbo) and abs(elbo - final) < 1.0, (name, elbo, final)
+        assert math.isfinite(elbo) and abs(elbo - final) < 0.3, (name, elbo, final)
         assert "lpd_train" not in record["metrics"]  # no draws of globals: not pretended
     # Each amortized method reports its encoder's latent means per row.
     means = result.idata["amortized_mlp"].constant_data["z_mean"]

@@ -13,7 +13,8 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 
 from guides import FitConfig, fit
-from guides.fit import NETWORK_LR, _optimizer
+from guides.config import NETWORK_LR
+from guides.svi import _optimizer
 
 CLIFF = 1.2
 
