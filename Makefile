@@ -37,6 +37,7 @@ test-fast: $(VENV)/.installed-test
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_linear_regression.py
 	$(BIN)/python benchmarks/bench_gmm.py
+	$(BIN)/python benchmarks/bench_vae.py
 
 # Remakes docs/figures/ from the examples of the pages that show them.
 docs-figures: $(VENV)/.installed-test

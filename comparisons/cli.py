@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,10 @@ MODEL_FLAGS = {
     "test_fraction": "test_fraction",
     "num_components": "num_components",
     "latent_dim": "latent_dim",
+    "hidden": "hidden",
+    "encoder_hidden": "encoder_hidden",
+    "likelihood": "likelihood",
+    "scale": "scale",
 }
 
 
@@ -57,6 +62,22 @@ def _seed(text: str) -> int:
         return check_seed(value)
     except ZooInputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    """``--hidden``: comma-separated positive widths, or ``linear`` (no hidden layer)."""
+    if text.strip().lower() == "linear":
+        return ()
+    try:
+        widths = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(
+            f"layer widths are positive whole numbers separated by commas, as 256,256 (or"
+            f" linear); got '{text}'"
+        )
+    return widths
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -117,9 +138,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--test-fraction",
         type=float,
-        default=0.0,
         help="share of rows held out for the held-out log predictive density (default 0:"
-        " every row is fitted, PSIS-LOO measures prediction)",
+        " every row is fitted, PSIS-LOO measures prediction; vae: 0.2 of a file's rows)",
     )
     p.add_argument(
         "--batch-size",
@@ -127,6 +147,21 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help="rows per SVI step (minibatch SVI, for models that allow it: gmm)",
     )
     p.add_argument("--encoder", help="encoder of the amortized guide: linear (default) or mlp")
+    vae = p.add_argument_group("vae")
+    vae.add_argument(
+        "--hidden",
+        type=_widths,
+        help="hidden layer widths of the decoder, as 256,256 (default); 'linear' for none",
+    )
+    vae.add_argument(
+        "--encoder-hidden",
+        type=_widths,
+        help="hidden layer widths of the encoders (default: the decoder's)",
+    )
+    vae.add_argument(
+        "--likelihood", help="p(x | z): gaussian (default), bernoulli or continuous_bernoulli"
+    )
+    vae.add_argument("--scale", help="the Gaussian likelihood's scale: pixel (default) or shared")
     p.add_argument(
         "--amortized-globals",
         help="guide of the globals beside the amortized encoder: delta (default) or mean_field",
@@ -228,8 +263,7 @@ def _list() -> str:
     for spec in models:
         lines.append(f"  {spec.name:<{name_width}}{spec.summary}")
         lines.append(
-            f"  {pad}guides: {', '.join(spec.guides)}; "
-            f"methods: nuts, {', '.join(spec.guides)}, {', '.join(spec.closed_forms)}"
+            f"  {pad}guides: {', '.join(spec.guides)}; methods: {', '.join(spec.method_names)}"
         )
         lines.append(f"  {pad}data sets (--dataset):")
         for name, text in spec.datasets.items():
@@ -292,9 +326,11 @@ def _check_methods(spec: ModelSpec, names: list[str], flag: str) -> None:
     from guides import ALIASES, GUIDES
 
     closed = {m for model in MODELS.values() for m in model.closed_forms}
-    offered = ", ".join(["nuts", *spec.guides, *spec.closed_forms])
+    offered = ", ".join(spec.method_names)
     for raw in names:
         name = ALIASES.get(raw, raw)
+        if spec.methods and name in spec.methods:
+            continue
         if name not in {"nuts", *closed, *GUIDES}:
             raise ZooInputError(f"unknown method '{raw}'; choose from: {offered}")
         if name in GUIDES and name not in spec.guides:
@@ -344,6 +380,11 @@ def _check(args: argparse.Namespace) -> tuple[list[int] | None, Path]:
     ):
         if value is not None and "amortized" not in spec.guides:
             raise ZooInputError(f"{flag} is for the amortized guide, which {spec.name} has not")
+        if value is not None and spec.methods:
+            raise ZooInputError(
+                f"{flag} does not apply to {spec.name}: each of its methods names its encoder"
+                " (see zoo list); choose methods with --methods"
+            )
     stem = Path(data).stem
     if args.command == "fit":
         from guides import ALIASES
@@ -498,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         # The command is the application, so it may set the process up: one thread is faster
         # on the small models (STYLE.md). Dtype and device are not process settings: the
         # posterior is built in float64 on --device (make_posterior(dtype=, device=)).
-        torch.set_num_threads(1)
+        # A network's matrix products gain from every core; the small models do not.
+        torch.set_num_threads((os.cpu_count() or 1) if get_model(args.model).neural else 1)
         pyro.enable_validation(False)
         return _run(args, ks, out_dir)
     except ZooInputError as exc:

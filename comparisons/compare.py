@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -60,6 +60,9 @@ class Comparison:
     results: dict
     idata: dict[str, az.InferenceData]
     out_dir: Path | None = None
+    #: The comparisons of the posteriors these runs led to (``Posterior.follow_ups``), by
+    #: name; each is written to a sub-folder of that name.
+    follow_ups: dict[str, Comparison] = field(default_factory=dict)
     #: Seconds spent writing ``out_dir`` (netCDF, figures, page); not in results.json, which
     #: is written once, before this is known, and agrees with the page rendered from it.
     write_s: float | None = None
@@ -77,6 +80,8 @@ def default_reference(posterior: Posterior, methods: list[MethodSpec]) -> str | 
     it, else NUTS unless the methods leave it out (PPCA on digits), then the first closed
     form (``ml``); None for a posterior with none of them (a model without global latents
     is judged by its own evaluation hook, not against a reference)."""
+    if not posterior.sites:
+        return None
     if "exact" in posterior.closed_forms:
         return "exact"
     available = available_methods(posterior)
@@ -214,6 +219,7 @@ def _evaluate(posterior: Posterior, run: MethodRun) -> None:
     found = posterior.evaluate(posterior, run)
     run.metrics.update(found.get("metrics", {}))
     run.diagnostics.update(found.get("diagnostics", {}))
+    run.per_row.update(found.get("arrays", {}))
 
 
 def _convert(posterior: Posterior, run: MethodRun, ref_run: MethodRun | None, seed: int):
@@ -342,9 +348,29 @@ def compare(
     records, status, judged = _judge(posterior, runs, idatas, reference)
     timings["metrics_s"] = time.perf_counter() - tick
     results = _results(posterior, settings, seed, judged, records, status, timings)
+    follow_ups = _follow_ups(posterior, runs, seed=seed, preset=settings, progress=progress,
+                             on_method=on_method)  # fmt: skip
+    if follow_ups:
+        results["follow_ups"] = {
+            name: {"dataset": c.results["dataset"], "page": f"{name}/index.html"}
+            for name, c in follow_ups.items()
+        }
     timings["total_s"] = time.perf_counter() - start
-    comparison = Comparison(results=results, idata=idatas)
+    comparison = Comparison(results=results, idata=idatas, follow_ups=follow_ups)
     return comparison.save(out_dir) if out_dir is not None else comparison
+
+
+def _follow_ups(posterior: Posterior, runs, **settings) -> dict[str, Comparison]:
+    """The comparisons of the posteriors the runs lead to (a VAE: p(z | x) given the decoder
+    one method trained), with the same seed and preset."""
+    if posterior.follow_ups is None:
+        return {}
+    found = posterior.follow_ups(runs)
+    out = {}
+    for name, follow_up in found.items():
+        logger.info("comparing %s", name)
+        out[name] = compare(follow_up, **settings)
+    return out
 
 
 def _thin(run: MethodRun, limit: int) -> None:
@@ -407,6 +433,20 @@ def _read_manifest(out_dir: Path) -> set[str]:
     return names
 
 
+def _stage(comparison: Comparison, folder: Path) -> None:
+    """A comparison's files in ``folder``: one .nc per method, results.json, the follow-ups'
+    in sub-folders, then the figures and index.html."""
+    from comparisons.report import render
+
+    for method, idata in comparison.idata.items():
+        idata.to_netcdf(str(folder / f"{method}.nc"), engine="h5netcdf")
+    (folder / "results.json").write_text(json.dumps(comparison.results, indent=2))
+    for name, nested in comparison.follow_ups.items():
+        (folder / name).mkdir()
+        _stage(nested, folder / name)
+    render(folder)
+
+
 def write(comparison: Comparison, out_dir: Path) -> Path:
     """Write a run's files into ``out_dir``, which then holds that run's outputs only.
 
@@ -417,15 +457,10 @@ def write(comparison: Comparison, out_dir: Path) -> Path:
     manifest lists the union of old and new while the files move, so an interruption at any
     point leaves whole files and a manifest that names every file the zoo wrote.
     """
-    from comparisons.report import render
-
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
-        for method, idata in comparison.idata.items():
-            idata.to_netcdf(str(staging / f"{method}.nc"), engine="h5netcdf")
-        (staging / "results.json").write_text(json.dumps(comparison.results, indent=2))
-        render(staging)
+        _stage(comparison, staging)
         new = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
         out_dir.mkdir(parents=True, exist_ok=True)
         old = _read_manifest(out_dir)

@@ -114,8 +114,9 @@ def attach_log_lik(posterior: Posterior, run: MethodRun, *, seed: int = 0) -> No
     """Push a run's draws of the global sites through the likelihood form: its
     deterministic sites join ``run.draws`` and its pointwise log-likelihood, (chain, draw,
     rows), is ``run.log_lik[<obs>]`` (and ``<obs>_test`` on held-out rows). A run without
-    such draws (a model without global latents) is left as it is."""
-    if not run.draws:
+    such draws (a model without global latents) is left as it is, as is one of a posterior
+    whose rows' log-likelihood does not measure prediction (``Posterior.pointwise``)."""
+    if not run.draws or not posterior.pointwise:
         return
     latent, shape = flatten(run.draws)
     pushed = push_forward(posterior, latent, posterior.data, seed=seed)

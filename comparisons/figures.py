@@ -21,6 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Ellipse  # noqa: E402
 
+from comparisons.vae_figures import VAE_FIGURES  # noqa: E402
+
 #: Colours of things that are not methods (mixture components, loading axes, classes).
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 Section = tuple[str, str, str]
@@ -39,6 +41,16 @@ METHOD_COLORS: dict[str, str] = {
     "full_rank": "#2ca02c",
     "flow": "#9467bd",
     "amortized": "#e377c2",
+    # The VAE's training variants and baselines.
+    "ml_gaussian": "#c7c7c7",
+    "amortized_full": "#98df8a",
+    "amortized_iwae": "#9c9ede",
+    "amortized_autoencoder": "#ff9896",
+    "amortized_is": "#f7b6d2",
+    "amortized_beta0.25": "#c6dbef",
+    "amortized_beta0.5": "#6baed6",
+    "amortized_beta2": "#2171b5",
+    "amortized_beta4": "#08306b",
 }
 #: Colours of methods missing from the table, chosen by a stable hash of the name.
 _SPARE_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd")
@@ -381,4 +393,5 @@ def plot_selection(results, fig_dir: Path) -> list[Section]:
 MODEL_FIGURES: dict[str, tuple[Callable[..., list[Section]], ...]] = {
     "gmm": (plot_gmm_components,),
     "ppca": (plot_ppca_loadings, plot_ppca_spectrum, plot_ppca_latents, plot_ppca_cov_error),
+    "vae": VAE_FIGURES,
 }

@@ -323,7 +323,9 @@ def verdict(
         if "cov_rel_error" in met:
             notes.append(_covariance_note(met["cov_rel_error"], met.get("cov_ref_spread"), met))
     khat = diag.get("khat")
-    if khat is not None:
+    if isinstance(khat, str):  # not finite (spelled out for JSON)
+        notes.append(f"PSIS k {khat}: importance correction unreliable")
+    elif khat is not None:
         notes.append(
             f"PSIS k {khat:.2f}"
             + (" > 0.7: importance correction unreliable" if khat > KHAT_BAD else "")

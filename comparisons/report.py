@@ -910,6 +910,7 @@ point); elpd LOO: PSIS leave-one-out; PSIS k: how far the guide is from the post
 per second for a guide.</p>
 <table><tr><th>method</th>{head}<th>verdict</th></tr>{rows}</table>
 {warnings_html}
+{_follow_ups_html(results)}
 {_label_swaps_html(results)}
 {_selection_html(results)}
 <h2>Diagnostics</h2>
@@ -918,6 +919,15 @@ per second for a guide.</p>
 <p class=small>Versions: {html.escape(versions)}. Timings (s): {html.escape(timings)}.</p>
 </body></html>
 """
+
+
+def _follow_ups_html(results: dict) -> str:
+    """Links to the comparisons this one led to (``results["follow_ups"]``)."""
+    items = "".join(
+        f'<li><a href="{html.escape(f["page"])}">{html.escape(f["dataset"])}</a></li>'
+        for f in results.get("follow_ups", {}).values()
+    )
+    return f"<h2>Comparisons these runs led to</h2><ul>{items}</ul>" if items else ""
 
 
 def _method_rows(results: dict, columns: list) -> str:
@@ -945,7 +955,9 @@ def _diagnostic_rows(results: dict) -> str:
 def _warnings_html(results: dict) -> str:
     """Warnings under the accuracy table: PSIS k and PSIS-LOO k above ``KHAT_BAD``."""
     bad_k = [
-        m for m, rec in results["methods"].items() if rec["diagnostics"].get("khat", 0) > KHAT_BAD
+        m
+        for m, rec in results["methods"].items()
+        if _float(rec["diagnostics"].get("khat", 0)) > KHAT_BAD
     ]
     warnings_html = ""
     if bad_k:

@@ -419,12 +419,19 @@ def _per_row(result, posterior: Posterior) -> dict[str, tuple[np.ndarray, tuple[
         return dict(outputs(posterior.data))
 
 
+_FIT_FIELDS = {f.name for f in dataclasses.fields(FitConfig)}
+
+
 def run_guide(posterior, method, *, seed, preset, progress=False) -> MethodRun:
     """Fit a guide family by SVI (L-BFGS for a point), then draw from it (one chain of draws
-    from q). The options are the method's, over the preset's for its family."""
+    from q). The options are the method's, over the preset's for its family; those named
+    like a field of :class:`~guides.FitConfig` (``beta``, ``objective``, ``batch_size``)
+    set the fit, the others the guide."""
     spec = get_guide(method.family)
-    config = dataclasses.replace(preset.fit, progress=progress)
     options = {**preset.guide_options.get(spec.name, {}), **method.options}
+    # Options that are settings of the fit (beta, objective, ...) go to its FitConfig.
+    settings = {k: options.pop(k) for k in list(options) if k in _FIT_FIELDS}
+    config = dataclasses.replace(preset.fit, progress=progress, **settings)
     start = time.perf_counter()
     try:
         result = fit_guide(spec.name, posterior, seed=seed, config=config, options=options)
@@ -470,6 +477,7 @@ def run_closed_form(posterior, method, *, seed, preset, progress=False) -> Metho
         point=result.point,
         elbo=None if result.trace is None else np.asarray(result.trace, dtype=float),
         trace_label=f"log-likelihood ({form.upper()})",
+        metrics=dict(result.metrics),
     )
 
 

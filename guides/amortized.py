@@ -40,7 +40,10 @@ class AmortizedGuide(PyroModule):
         Which sites are local, their sizes, the data keyword each encoder reads and the
         plate; one encoder a site, each reading the data (``Posterior.locals``).
     encoder : str
-        A key of :data:`guides.encoders.ENCODERS` (``linear`` or ``mlp``).
+        A key of :data:`guides.encoders.ENCODERS` (``linear``, ``mlp``, ``mlp_full``,
+        ``mlp_delta``).
+    hidden : tuple of int, optional
+        The hidden layer widths of a perceptron encoder (its default where None).
     global_guide : str or None
         ``delta`` (a point in unconstrained coordinates) or ``mean_field``; None for a
         model whose only latents are the local ones (e.g. one with its globals fixed by
@@ -55,6 +58,7 @@ class AmortizedGuide(PyroModule):
         *,
         local: LocalLatents | tuple[LocalLatents, ...],
         encoder: str = "linear",
+        hidden: tuple[int, ...] | None = None,
         global_guide: str | None = "delta",
         init_loc_fn=None,
         shift: torch.Tensor | None = None,
@@ -73,6 +77,10 @@ class AmortizedGuide(PyroModule):
         self.locals = (local,) if isinstance(local, LocalLatents) else tuple(local)
         self.local = self.locals[0]
         self.encoder_name = encoder
+        spec = ENCODERS[encoder]
+        if hidden is not None and not spec.hidden:
+            raise ZooInputError(f"encoder '{encoder}' has no hidden layers; drop hidden=")
+        self._build_options = {} if hidden is None else {"hidden_dims": tuple(hidden)}
         self.global_guide_name = global_guide
         self.model = model
         kwargs = {} if init_loc_fn is None else {"init_loc_fn": init_loc_fn}
@@ -115,14 +123,17 @@ class AmortizedGuide(PyroModule):
 
     def describe(self) -> dict[str, object]:
         """Notes on the fitted guide for its diagnostics."""
-        return {"encoder": self.encoder_name, "global_guide": self.global_guide_name}
+        notes: dict[str, object] = {"encoder": self.encoder_name}
+        if self.globals is not None:
+            notes["global_guide"] = self.global_guide_name
+        return notes
 
     def encoder(self, x: torch.Tensor, site: LocalLatents | None = None) -> torch.nn.Module:
         """The encoder module of ``site`` (the first local site by default), built on first
         use, when the input width is known."""
         site = site or self.local
         if site.site not in self._encoders:
-            module = ENCODERS[self.encoder_name].build(x.detach(), site.dim)
+            module = ENCODERS[self.encoder_name].build(x.detach(), site.dim, **self._build_options)
             self._encoders[site.site] = module.to(dtype=x.dtype, device=x.device)
         return self._encoders[site.site]
 

@@ -18,6 +18,10 @@ NETWORK_LR = 0.003
 FAR_BELOW = 4.0
 
 
+#: What the SVI loop maximizes: the ELBO, or the per-row importance-weighted bound.
+OBJECTIVES = ("elbo", "iwae")
+
+
 class FitError(RuntimeError):
     """The fit broke down (the ELBO became NaN or infinite); the message says what to try."""
 
@@ -81,7 +85,9 @@ class FitConfig:
     minibatches of any model's rows; ``patience``, early stopping after that many held-out
     checks (one an epoch) without a better held-out ELBO, each the mean of
     ``held_out_repeats`` estimates; ``beta``, the weight of the per-row latents' KL term
-    (1: the ELBO), reached by a linear ramp over the first ``kl_warmup`` steps.
+    (1: the ELBO), reached by a linear ramp over the first ``kl_warmup`` steps;
+    ``objective="iwae"``, the importance-weighted bound per row with ``num_particles`` draws
+    (:class:`guides.iwae.IWAE`) instead of the ELBO, for models whose latents are all per-row.
     """
 
     num_steps: int = 10_000
@@ -103,6 +109,15 @@ class FitConfig:
     held_out_repeats: int = 1
     beta: float = 1.0
     kl_warmup: int = 0
+    objective: str = "elbo"
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"unknown objective '{self.objective}'; choose one of: {', '.join(OBJECTIVES)}"
+            )
+        if self.objective == "iwae" and (self.beta != 1.0 or self.kl_warmup):
+            raise ValueError("beta and kl_warmup weigh the ELBO's KL term; IWAE has none")
 
 
 @dataclass
@@ -170,8 +185,15 @@ class FitResult:
         return draws
 
 
-def make_elbo(num_particles: int, max_plate_nesting: int, *, enumerate: bool = False):
-    """Trace_ELBO, or TraceEnum_ELBO for a model with enumerated discrete sites."""
+def make_elbo(
+    num_particles: int, max_plate_nesting: int, *, enumerate: bool = False, objective="elbo"
+):
+    """Trace_ELBO, or TraceEnum_ELBO for a model with enumerated discrete sites, or the
+    per-row importance-weighted bound (``objective="iwae"``)."""
+    if objective == "iwae":
+        from guides.iwae import IWAE
+
+        return IWAE(num_particles, max_plate_nesting)
     cls = TraceEnum_ELBO if enumerate else Trace_ELBO
     return cls(
         num_particles=num_particles,

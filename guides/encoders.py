@@ -67,6 +67,14 @@ class LinearEncoder(nn.Module):
         return dist.MultivariateNormal(loc, scale_tril=self.scale_tril().expand(*loc.shape, -1))
 
 
+def _perceptron(width: int, hidden_dims: Sequence[int]) -> tuple[nn.Module, int]:
+    layers: list[nn.Module] = []
+    for h in hidden_dims:
+        layers += [nn.Linear(width, h), nn.Softplus()]
+        width = h
+    return nn.Sequential(*layers), width
+
+
 class MLPEncoder(nn.Module):
     """q(z | x) = N(loc(x), diag(scale(x)^2)) from a multilayer perceptron with
     ``hidden_dims`` and softplus activations (the encoder of a variational autoencoder)."""
@@ -76,12 +84,7 @@ class MLPEncoder(nn.Module):
     ):
         super().__init__()
         self.standardize = Standardize(data)
-        layers: list[nn.Module] = []
-        width = data.shape[-1]
-        for h in hidden_dims:
-            layers += [nn.Linear(width, h), nn.Softplus()]
-            width = h
-        self.body = nn.Sequential(*layers)
+        self.body, width = _perceptron(data.shape[-1], hidden_dims)
         self.loc = nn.Linear(width, latent_dim)
         self.raw_scale = nn.Linear(width, latent_dim)
 
@@ -90,14 +93,47 @@ class MLPEncoder(nn.Module):
         return dist.Normal(self.loc(h), softplus(self.raw_scale(h)) + MIN_SCALE).to_event(1)
 
 
+class FullCovarianceEncoder(MLPEncoder):
+    """q(z | x) = N(loc(x), L(x) L(x)^T): as :class:`MLPEncoder`, with a lower-triangular
+    factor L(x) (positive diagonal) from the same body, so q can carry correlations between
+    latents that differ from row to row."""
+
+    def __init__(
+        self, data: torch.Tensor, latent_dim: int, hidden_dims: Sequence[int] = (128, 128)
+    ):
+        super().__init__(data, latent_dim, hidden_dims)
+        self.off_diag = nn.Linear(self.loc.in_features, latent_dim * latent_dim)
+        with torch.no_grad():
+            self.off_diag.weight.mul_(0.01)
+            self.off_diag.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> dist.Distribution:
+        h = self.body(self.standardize(x))
+        k = self.loc.out_features
+        lower = torch.tril(self.off_diag(h).unflatten(-1, (k, k)), diagonal=-1)
+        diag = softplus(self.raw_scale(h)) + MIN_SCALE
+        return dist.MultivariateNormal(self.loc(h), scale_tril=lower + torch.diag_embed(diag))
+
+
+class PointEncoder(MLPEncoder):
+    """q(z | x) = a point mass at loc(x): with it the ELBO is log p(x | z) + log p(z) at
+    z = loc(x), a regularized autoencoder, not a bound on log p(x)."""
+
+    def forward(self, x: torch.Tensor) -> dist.Distribution:
+        return dist.Delta(self.loc(self.body(self.standardize(x))), event_dim=1)
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """An encoder family: ``build(data, latent_dim)`` returns the module for inputs like
-    ``data`` (N, D), standardized by their mean and sd."""
+    ``data`` (N, D), standardized by their mean and sd; ``hidden`` says whether it takes
+    ``hidden_dims``; ``density``, whether q(z | x) has one (not a point)."""
 
     name: str
     summary: str
-    build: Callable[[torch.Tensor, int], nn.Module]
+    build: Callable[..., nn.Module]
+    hidden: bool = False
+    density: bool = True
 
 
 ENCODERS: dict[str, EncoderSpec] = {
@@ -105,6 +141,22 @@ ENCODERS: dict[str, EncoderSpec] = {
         "linear", "location linear in x, one full covariance for all rows", LinearEncoder
     ),
     "mlp": EncoderSpec(
-        "mlp", "location and scale from a two-layer perceptron (128 units each)", MLPEncoder
+        "mlp",
+        "location and diagonal scale from a perceptron (two layers of 128 units by default)",
+        MLPEncoder,
+        hidden=True,
+    ),
+    "mlp_full": EncoderSpec(
+        "mlp_full",
+        "location and a full covariance factor from a perceptron",
+        FullCovarianceEncoder,
+        hidden=True,
+    ),
+    "mlp_delta": EncoderSpec(
+        "mlp_delta",
+        "a point z = f(x) from a perceptron (an autoencoder's encoder)",
+        PointEncoder,
+        hidden=True,
+        density=False,
     ),
 }

@@ -122,7 +122,7 @@ class Target:
             draws_model=forms.sample,
             init_values=post.init_values,
             num_starts=post.num_starts,
-            held_out=post.test_data,
+            held_out=post.validation_data if post.validation_data is not None else post.test_data,
         )
 
 

@@ -388,7 +388,7 @@ def fit(
     """
     pyro.set_rng_seed(seed)
     particles = config.num_particles or num_particles
-    elbo = make_elbo(particles, max_plate_nesting, enumerate=enumerate)
+    elbo = make_elbo(particles, max_plate_nesting, enumerate=enumerate, objective=config.objective)
     optim = _optimizer(config)
     batches = None
     if config.batch_size is not None:

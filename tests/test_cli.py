@@ -195,6 +195,15 @@ BAD_INPUT = {
         "method 'exact' is not available for gmm",
     ),
     "unknown reference": ([*LR, "--reference", "gibbs"], "unknown method 'gibbs'"),
+    # The VAE.
+    "too few rows for the vae": (["compare", "vae", "--data", "ok.csv"], "give at least 10 rows"),
+    "unknown likelihood": (["compare", "vae", "--likelihood", "poisson"], "unknown likelihood"),
+    "unknown scale": (["compare", "vae", "--scale", "row"], "unknown scale 'row'"),
+    "zero width": (["compare", "vae", "--hidden", "64,0"], "layer widths are positive"),
+    "hidden for regression": ([*LR, "--hidden", "8"], "--hidden does not apply"),
+    "unknown vae variant": (["compare", "vae", "--methods", "amortized_vq"], "unknown method"),
+    "nuts for the vae": (["compare", "vae", "--methods", "nuts"], "choose from: ml, amortized"),
+    "vae on cuda without a gpu": (["compare", "vae", "--device", "cuda"], "sees no CUDA GPU"),
 }
 
 

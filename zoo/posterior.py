@@ -30,7 +30,8 @@ class ClosedForm:
     ``point`` marks a point estimate (one draw). ``info`` holds plain numbers or strings for
     the method's diagnostics (e.g. ``log_likelihood``, ``bic``, ``converged``, ``n_iter``);
     ``trace`` is the objective per iteration of an iterative method (EM's log-likelihood),
-    drawn beside the ELBO traces.
+    drawn beside the ELBO traces. ``metrics``: numbers the method measured itself (a
+    baseline density's held-out ``lpd_test`` where it has no global latents to draw).
     """
 
     draws: Mapping[str, np.ndarray]
@@ -38,6 +39,7 @@ class ClosedForm:
     point: bool = False
     info: Mapping[str, float | int | str | bool] = field(default_factory=dict)
     trace: np.ndarray | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -183,9 +185,23 @@ class Posterior:
         ``reference`` may be None. Used where raw parameters are not identified (PPCA's
         rotations) or to compare with the truth of simulated data.
     evaluate : callable, optional
-        ``evaluate(posterior, run) -> {"metrics": {...}, "diagnostics": {...}}``: numbers
-        that need a method's whole run (its fitted guide, ``run.fitted``), such as an
-        importance-weighted log p(x) or a test ELBO; called once per method that ran.
+        ``evaluate(posterior, run) -> {"metrics": {...}, "diagnostics": {...}, "arrays":
+        {name: (values, dims)}}`` (each part optional): numbers that need a method's whole
+        run (its fitted guide, ``run.fitted``), such as an importance-weighted log p(x) or a
+        test ELBO, and arrays kept in the method's InferenceData (``constant_data``: per-row
+        bounds, a held-out trace); called once per method that ran.
+    follow_ups : callable, optional
+        ``follow_ups(runs) -> {name: Posterior}``: posteriors that a comparison's runs
+        (``{method: MethodRun}``) lead to, each compared with the same seed and preset, written
+        to a sub-folder ``name`` and linked from the report (a VAE: p(z | x) of some held-out
+        rows given the decoder the standard VAE trained, where NUTS is the reference).
+    pointwise : bool
+        Whether the rows' log-likelihood given the sites measures prediction (lpd, PSIS-LOO).
+        False where the sites hold latents of each row (p(z | x) of a VAE's rows: row n's
+        own z_n cannot be left out), so none is computed.
+    validation_data : mapping, optional
+        Rows held out of the fit (and of ``test_data``) on which a fit is stopped early
+        (a network's validation rows). None: ``test_data`` serves.
     """
 
     model_name: str
@@ -212,6 +228,9 @@ class Posterior:
     identified: Callable[..., dict[str, np.ndarray]] | None = None
     extra_metrics: Callable[..., dict[str, float]] | None = None
     evaluate: Callable[..., dict[str, dict]] | None = None
+    validation_data: Mapping[str, torch.Tensor] | None = None
+    follow_ups: Callable[..., Mapping[str, Posterior]] | None = None
+    pointwise: bool = True
 
     def forms_for(self, seed: int) -> ModelForms:
         """The forms one method runs: fresh networks from ``seed`` where the model has some

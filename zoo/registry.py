@@ -53,7 +53,9 @@ class ModelSpec:
     ``example_data`` the keywords of the model's ``simulate`` for :meth:`example`.
     ``minibatch``: the model's data plate takes ``subsample_size``, so SVI can fit it on
     minibatches (``FitConfig.subsample_size``). ``neural``: the model has networks and may run
-    on ``cuda``.
+    on ``cuda``. ``methods``: the names of the model's methods where they are more than NUTS,
+    its guides and closed forms (a VAE's training variants); a test keeps them equal to its
+    posterior's.
     """
 
     name: str
@@ -67,6 +69,12 @@ class ModelSpec:
     closed_form_hints: Mapping[str, str] = field(default_factory=dict)
     minibatch: bool = False
     neural: bool = False
+    methods: tuple[str, ...] = ()
+
+    @property
+    def method_names(self) -> tuple[str, ...]:
+        """Every method name a posterior of the model may offer."""
+        return self.methods or ("nuts", *self.guides, *self.closed_forms)
 
     @property
     def module(self) -> ModuleType:
@@ -166,6 +174,43 @@ MODELS: dict[str, ModelSpec] = {
             " colours plots",
             "simulated": "500 rows from simulate(seed): 10 features, true K = 2, standard"
             " normal loadings, sigma = 0.5",
+        },
+    ),
+    "vae": ModelSpec(
+        name="vae",
+        summary="variational autoencoder: z ~ N(0, I), x | z from a decoder network; encoders"
+        " are guides; trained variants beside PPCA and a full Gaussian",
+        guides=("amortized",),
+        closed_forms=("ml",),
+        default_dataset="digits",
+        options=(
+            "latent_dim",
+            "hidden",
+            "encoder_hidden",
+            "likelihood",
+            "scale",
+            "test_fraction",
+        ),
+        example_data={"num_data": 40, "data_dim": 4, "latent_dim": 2},
+        neural=True,
+        methods=(
+            "ml",
+            "amortized",
+            "amortized_full",
+            "amortized_iwae",
+            "amortized_autoencoder",
+            "amortized_beta0.25",
+            "amortized_beta0.5",
+            "amortized_beta2",
+            "amortized_beta4",
+            "ml_gaussian",
+        ),
+        datasets={
+            "digits": "scikit-learn digits: 1797 handwritten 8x8 digits (0-16), dequantized to"
+            " (0, 1); 80/20 row split",
+            "patches": "8x8 gray patches of ten photographs (scikit-image, scikit-learn),"
+            " dequantized; 20000 from the left 80% of each photo to train, 4000 from the right"
+            " 20% held out",
         },
     ),
 }

@@ -48,6 +48,9 @@ def test_every_model_form_vectorizes(name, form):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_global_sites_sit_outside_every_plate_and_forms_share_them(name):
     post = MODELS[name].example(0)
+    if post.model is None:  # no global latents (a VAE): nothing to sit outside a plate
+        assert post.sites == () and post.forms.local is not None
+        return
     trace = poutine.trace(post.model).get_trace(**post.data)
     for site in post.sites:
         node = trace.nodes[site]
@@ -58,6 +61,12 @@ def test_global_sites_sit_outside_every_plate_and_forms_share_them(name):
         other = getattr(post.forms, form)
         shared = [s for s in latent_names(other, post.data) if s in post.sites]
         assert shared == globals_, f"{name}.{form} has other global sites or another order"
+
+
+@pytest.mark.parametrize("name", [n for n, spec in MODELS.items() if spec.methods])
+def test_the_registry_names_the_methods_a_posterior_offers(name):
+    post = MODELS[name].example(0)
+    assert MODELS[name].methods == tuple(m.name for m in post.methods)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -78,11 +87,12 @@ def _built(name: str) -> tuple:
     post = MODELS[name].example(0)
     start = None if post.init_values is None else dict(post.init_values(0))
     values = start
+    form = post.forms.sample or post.forms.local  # a model without globals: its local form
     if values is None:
         pyro.set_rng_seed(1)
-        trace = poutine.trace(post.forms.sample).get_trace(**post.data)
-        values = {s: trace.nodes[s]["value"] for s in latent_names(post.forms.sample, post.data)}
-    conditioned = poutine.condition(post.forms.sample, data=values)
+        trace = poutine.trace(form).get_trace(**post.data)
+        values = {s: trace.nodes[s]["value"] for s in latent_names(form, post.data)}
+    conditioned = poutine.condition(form, data=values)
     log_density = poutine.trace(conditioned).get_trace(**post.data).log_prob_sum()
     return post, start, log_density
 

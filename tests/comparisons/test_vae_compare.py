@@ -1,0 +1,53 @@
+"""The VAE's comparison end to end on a small simulated posterior: every default training
+variant and baseline runs, the hook's measurements land in a schema-valid results.json and
+in each method's InferenceData, and they are mutually consistent."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from helpers import TINY, validate
+
+from comparisons import compare
+from guides import FitConfig
+from zoo import MODELS
+
+QUICK = dataclasses.replace(
+    TINY, name="quick", num_draws=10, fit=FitConfig(num_steps=150, min_steps=100, window=50)
+)
+
+
+@pytest.mark.slow  # about 30 s: four short trainings, each measured on the held-out rows
+def test_the_vae_comparison_measures_every_variant_on_held_out_rows(tmp_path):
+    post = MODELS["vae"].example(0, latent_dim=2, hidden=(8,), encoder_hidden=(8,))
+    # The variants' own training settings (windows of ~20 epochs of digits) made short.
+    short = {"window": 50, "min_steps": 100, "patience": 5, "batch_size": 10}
+    post = dataclasses.replace(
+        post, methods=tuple(dataclasses.replace(m, options={**m.options, **short})
+                            if m.family == "amortized" else m for m in post.methods),
+    )  # fmt: skip
+    result = compare(post, seed=0, preset=QUICK, out_dir=tmp_path / "out")
+    results = result.results
+    validate(results)
+    defaults = [m.name for m in post.methods if m.default]
+    assert list(results["methods"]) == defaults and results["reference"] is None
+    for name, record in results["methods"].items():
+        assert record["diagnostics"].get("status") != "failed", (name, record)
+        assert np.isfinite(record["metrics"]["lpd_test"]), name
+    for name in ("amortized", "amortized_full", "amortized_iwae"):
+        met, diag = results["methods"][name]["metrics"], results["methods"][name]["diagnostics"]
+        assert met["elbo_test"] == pytest.approx(met["reconstruction_test"] - met["kl_z"])
+        # log p(x) >= ELBO, up to the IW estimate's error (its se, over 359 rows, is small);
+        # the gaps add up to log p(x) - ELBO (on the rows they are measured on).
+        assert met["lpd_test"] > met["elbo_test"] - 5 * diag["iw_se"], name
+        assert met["amortization_gap"] > -0.05, name
+        assert 0 <= met["active_units"] <= 2
+        idata = result.idata[name]
+        assert idata.constant_data["log_px"].shape == (post.num_test,)
+        assert idata.constant_data["reconstruction"].shape[1] == post.data["x"].shape[1]
+    # The autoencoder has no density on z: no ELBO, no gaps, but log p(x) by a defensive
+    # proposal.
+    auto = results["methods"]["amortized_autoencoder"]["metrics"]
+    assert "elbo_test" not in auto and "amortization_gap" not in auto

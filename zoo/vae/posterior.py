@@ -1,0 +1,250 @@
+"""Binding the VAE to data: the posterior a comparison trains and measures."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zoo.errors import ZooInputError
+from zoo.methods import CLOSED_FORM, MethodSpec, declare_methods
+from zoo.posterior import ClosedForm, LocalLatents, ModelForms, Posterior, bind
+from zoo.vae.baselines import gaussian_log_density, ppca_log_density
+from zoo.vae.data import DATASETS, ImageData, load_array
+from zoo.vae.model import HIDDEN, LIKELIHOODS, MIN_SCALE, SCALES, Decoder, model
+
+NAME = "vae"
+#: The latent dimension by default (PPCA with 8 latents is the classical baseline).
+LATENT_DIM = 8
+#: Share of the training rows kept out of the fit to stop it early (validation rows).
+VALIDATION_FRACTION = 0.1
+#: Rows per minibatch, and epochs without a better validation ELBO before stopping.
+BATCH_SIZE, PATIENCE = 128, 20
+#: Held-out rows on which the inference gaps are measured (per-row fits on each).
+GAP_ROWS = 200
+
+
+def training_methods(encoder_hidden: Sequence[int]) -> tuple[MethodSpec, ...]:
+    """The training variants of one comparison (each trains its own decoder), the classical
+    baselines first: PPCA by maximum likelihood with the same latent dimension (``ml``) and
+    a full-covariance Gaussian (``ml_gaussian``)."""
+    common = {
+        "global_guide": None,
+        "hidden": tuple(encoder_hidden),
+        "batch_size": BATCH_SIZE,
+        "patience": PATIENCE,
+        # One single-draw estimate of the validation ELBO is too noisy to stop on: a lucky
+        # epoch set the best and stopped a fit 2 nats short; the mean of 8 is steadier.
+        "held_out_repeats": 8,
+        "num_particles": 1,
+        # A minibatch ELBO is noisy: its plateau test looks at windows of about 20 epochs
+        # of digits, from about 180 epochs on (a window of 100 steps stopped the standard
+        # VAE at 150 epochs, held out 1-2 nats below a longer fit).
+        "window": 250,
+        "min_steps": 2000,
+    }
+    variant = [
+        MethodSpec("amortized", "amortized", {**common, "encoder": "mlp"}),
+        MethodSpec("amortized_full", "amortized", {**common, "encoder": "mlp_full"}),
+        MethodSpec(
+            "amortized_iwae",
+            "amortized",
+            {**common, "encoder": "mlp", "objective": "iwae", "num_particles": 8},
+        ),
+        MethodSpec("amortized_autoencoder", "amortized", {**common, "encoder": "mlp_delta"}),
+    ]
+    variant += [
+        MethodSpec(
+            f"amortized_beta{beta:g}",
+            "amortized",
+            {**common, "encoder": "mlp", "beta": beta},
+            default=False,
+        )
+        for beta in (0.25, 0.5, 2.0, 4.0)
+    ]
+    variant.append(MethodSpec("ml_gaussian", CLOSED_FORM, {"form": "gaussian"}))
+    return declare_methods(("ml",), (), nuts=False, variants=variant)
+
+
+def make_posterior(
+    data: str | Path | ImageData = "digits",
+    *,
+    latent_dim: int = LATENT_DIM,
+    hidden: Sequence[int] = HIDDEN,
+    encoder_hidden: Sequence[int] | None = None,
+    likelihood: str = "gaussian",
+    scale: str = "pixel",
+    min_scale: float = MIN_SCALE,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
+) -> Posterior:
+    """Bind the VAE to image data: the posterior a comparison trains and measures.
+
+    Parameters
+    ----------
+    data : str, Path or ImageData
+        A built-in set (``digits``, ``patches``: :data:`zoo.vae.data.DATASETS`), a
+        ``.npy``/``.npz``/``.csv`` file, or an :class:`~zoo.vae.data.ImageData`.
+    latent_dim : int
+        K, the size of z.
+    hidden, encoder_hidden : sequence of int
+        Hidden layer widths of the decoder (``()``: a linear decoder) and of the encoders
+        (default: the decoder's, at least one layer).
+    likelihood, scale, min_scale
+        p(x | z): a key of :data:`~zoo.vae.model.LIKELIHOODS`; for the Gaussian, one scale
+        per pixel or one ``shared``, floored at ``min_scale``.
+    test_fraction, seed
+        The held-out share of a user file (built-in sets have their own fixed split); the
+        seed of that split and of the decoder's first weights.
+    dtype, device
+        Of every tensor and network.
+    """
+    images = _images(data, test_fraction, seed)
+    _check_options(images, latent_dim, likelihood, scale, min_scale)
+    fit_rows, validation = _validation_split(images.train, seed)
+    as_tensor = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
+    x, x_valid, x_test = as_tensor(fit_rows), as_tensor(validation), as_tensor(images.test)
+    encoder_hidden = tuple(encoder_hidden if encoder_hidden is not None else hidden or (256,))
+    decoder_options = {
+        "latent_dim": int(latent_dim),
+        "data_dim": x.shape[1],
+        "hidden": tuple(hidden),
+        "likelihood": likelihood,
+        "scale": scale,
+        "min_scale": min_scale,
+        "data_mean": x.mean(0),
+        "data_sd": float(x.std()),
+    }
+
+    def build_forms(method_seed: int) -> ModelForms:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(method_seed)
+            decoder = Decoder(**decoder_options, dtype=dtype, device=device)
+        local = bind(model, decoder=decoder)
+        return ModelForms(local=local, locals=(LocalLatents("z", int(latent_dim), "x"),))
+
+    from zoo.vae.evaluate import evaluate
+
+    return Posterior(
+        model_name=NAME,
+        dataset=images.name,
+        forms=build_forms(seed),
+        build_forms=build_forms,
+        data={"x": x},
+        test_data={"x": x_test},
+        validation_data={"x": x_valid},
+        obs_site="x",
+        sites=(),
+        dims={},
+        coords={},
+        methods=training_methods(encoder_hidden),
+        closed_forms=_closed_forms(fit_rows, images.test, int(latent_dim)),
+        description=_description(images, decoder_options, encoder_hidden, len(validation)),
+        evaluate=functools.partial(evaluate, images=images),
+        follow_ups=functools.partial(_follow_ups, x_test=x_test, dataset=images.name),
+    )
+
+
+#: The method whose trained decoder the per-row posterior p(z | x) is studied under.
+STANDARD = "amortized"
+
+
+def _follow_ups(runs, *, x_test: torch.Tensor, dataset: str) -> dict[str, Posterior]:
+    """p(z | x, decoder) of the first :data:`~zoo.vae.conditional.NUTS_ROWS` test rows under
+    the standard VAE's trained decoder, where NUTS is the reference (none if it did not run)."""
+    from zoo.vae.conditional import NUTS_ROWS, conditional_posterior
+    from zoo.vae.evaluate import trained
+
+    run = runs.get(STANDARD)
+    found = None if run is None or run.error is not None else trained(run)
+    if found is None:
+        return {}
+    decoder, guide = found
+    x = x_test[:NUTS_ROWS]
+    name = f"{dataset}: p(z | x) of test rows 0-{len(x) - 1} under the decoder {STANDARD} trained"
+    posterior = conditional_posterior(decoder, guide.encoder(x), x, dataset=name)
+    return {"posterior_z": posterior}
+
+
+def _images(data, test_fraction: float, seed: int) -> ImageData:
+    if isinstance(data, ImageData):
+        return data
+    if isinstance(data, str) and data in DATASETS:
+        return DATASETS[data].load()  # a fixed split, whatever the seed
+    if isinstance(data, str | Path) and Path(data).suffix:
+        return load_array(data, test_fraction=test_fraction, seed=seed)
+    raise ZooInputError(
+        f"unknown data '{data}' for vae; give a built-in set ({', '.join(DATASETS)}) or a"
+        " .npy/.npz/.csv file"
+    )
+
+
+def _check_options(images: ImageData, latent_dim, likelihood, scale, min_scale) -> None:
+    if likelihood not in LIKELIHOODS:
+        raise ZooInputError(
+            f"unknown likelihood '{likelihood}'; choose one of: {', '.join(LIKELIHOODS)}"
+        )
+    if scale not in SCALES:
+        raise ZooInputError(f"unknown scale '{scale}'; choose one of: {', '.join(SCALES)}")
+    if likelihood != "gaussian" and not images.bounded:
+        raise ZooInputError(
+            f"the {likelihood} likelihood needs values in [0, 1]; these data are not: rescale"
+            " them or use --likelihood gaussian"
+        )
+    if not isinstance(latent_dim, int | np.integer) or latent_dim < 1:
+        raise ZooInputError(f"--latent-dim must be a whole number >= 1, got {latent_dim}")
+    if len(images.test) < 2:
+        raise ZooInputError(
+            "the VAE is measured on held-out rows and these data hold out none: give a test"
+            " share (--test-fraction 0.2) or an x_test array in the .npz"
+        )
+    if not min_scale > 0:
+        raise ZooInputError(f"min_scale must be > 0, got {min_scale}")
+
+
+def _validation_split(train: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows fitted and the validation rows that stop the fit early (a seeded
+    :data:`VALIDATION_FRACTION` of the training rows; the test rows are never seen)."""
+    order = np.random.default_rng(seed).permutation(len(train))
+    cut = max(1, int(round(VALIDATION_FRACTION * len(train))))
+    return train[np.sort(order[cut:])], train[np.sort(order[:cut])]
+
+
+def _closed_forms(train: np.ndarray, test: np.ndarray, latent_dim: int) -> dict:
+    """PPCA (maximum likelihood, the same K) and a full-covariance Gaussian, fitted on the
+    rows the VAE fits, measured on the test rows (nats per image)."""
+
+    def baseline(fn, **kw):
+        def run(seed: int, num_draws: int) -> ClosedForm:
+            density = fn(train, test, **kw)
+            metrics = {
+                "lpd_test": float(np.mean(density.test)),
+                "lpd_train": float(np.mean(density.train)),
+            }
+            return ClosedForm(draws={}, point=True, metrics=metrics)
+
+        return run
+
+    forms = {"gaussian": baseline(gaussian_log_density)}
+    if latent_dim < train.shape[1]:
+        forms["ml"] = baseline(ppca_log_density, latent_dim=latent_dim)
+    return forms
+
+
+def _description(images: ImageData, decoder: dict, encoder_hidden, validation: int) -> dict:
+    hidden = decoder["hidden"]
+    net = "linear" if not hidden else "perceptron " + "-".join(map(str, hidden))
+    return {
+        "data": images.description,
+        "model": f"z ~ N(0, I_{decoder['latent_dim']}); x | z ~ {decoder['likelihood']}"
+        f" likelihood from a {net} decoder",
+        "encoders": "perceptron " + "-".join(map(str, encoder_hidden)),
+        "split": f"{validation} of the training rows stop the fit early; the test rows are"
+        " measured only",
+        "image_shape": "x".join(map(str, images.image_shape)),
+    }
