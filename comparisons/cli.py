@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -539,8 +538,9 @@ def main(argv: list[str] | None = None) -> int:
         # The command is the application, so it may set the process up: one thread is faster
         # on the small models (STYLE.md). Dtype and device are not process settings: the
         # posterior is built in float64 on --device (make_posterior(dtype=, device=)).
-        # A network's matrix products gain from every core; the small models do not.
-        torch.set_num_threads((os.cpu_count() or 1) if get_model(args.model).neural else 1)
+        # So do the VAE's networks: at these sizes a second thread makes no epoch faster
+        # (benchmarks/bench_vae.py) and slows every one on a busy machine.
+        torch.set_num_threads(1)
         pyro.enable_validation(False)
         return _run(args, ks, out_dir)
     except ZooInputError as exc:

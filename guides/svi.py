@@ -288,6 +288,8 @@ def _finish(loop: _Loop, start: float) -> FitResult:
         s.info["subsample_size"] = config.subsample_size
     if s.held_out:
         s.info["held_out_elbo"] = s.best_held_out.stats[0]
+    if config.objective != "elbo":
+        s.info["objective"] = config.objective
     return FitResult(
         name=loop.name,
         guide=loop.guide,

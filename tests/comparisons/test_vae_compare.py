@@ -39,11 +39,13 @@ def test_the_vae_comparison_measures_every_variant_on_held_out_rows(tmp_path):
     for name in ("amortized", "amortized_full", "amortized_iwae"):
         met, diag = results["methods"][name]["metrics"], results["methods"][name]["diagnostics"]
         assert met["elbo_test"] == pytest.approx(met["reconstruction_test"] - met["kl_z"])
-        # log p(x) >= ELBO, up to the IW estimate's error (its se, over 359 rows, is small);
-        # the gaps add up to log p(x) - ELBO (on the rows they are measured on).
+        # log p(x) >= ELBO, up to the IW estimate's error (5 of its standard errors).
         assert met["lpd_test"] > met["elbo_test"] - 5 * diag["iw_se"], name
-        assert met["amortization_gap"] > -0.05, name
         assert 0 <= met["active_units"] <= 2
+        if name == "amortized_iwae":  # trained on another bound: no ELBO gaps to split
+            assert "amortization_gap" not in met and "iwae" in diag["gaps"]
+        else:  # the best per-row q starts at the encoder's and can only gain
+            assert met["amortization_gap"] > -0.05, name
         idata = result.idata[name]
         assert idata.constant_data["log_px"].shape == (post.num_test,)
         assert idata.constant_data["reconstruction"].shape[1] == post.data["x"].shape[1]

@@ -11,6 +11,7 @@ import pyro
 import pytest
 import torch
 
+from guides import FitConfig
 from guides.iwae import IWAE
 from guides.weights import weighted
 from zoo import ZooInputError
@@ -133,16 +134,20 @@ def test_bad_options_are_clear_errors():
         make_posterior(data, latent_dim=0)
 
 
-@pytest.mark.slow  # about 40 s: a full-batch fit to its plateau on 1294 rows of 64 pixels
+@pytest.mark.slow  # about 15 s: a full-batch fit to its plateau on 400 rows of 64 pixels
 def test_a_linear_vae_reaches_the_maximum_likelihood_of_ppca():
     # A linear decoder, a Gaussian likelihood with one shared scale and a linear encoder
     # (which holds the exact posterior of z): the model is PPCA and the ELBO's maximum over
     # the encoder is log p(x), so training reaches PPCA's maximum likelihood. The issue asks
-    # for 0.05 nats per image; seen (seed 0): 1.6e-5 below it, after 2400 steps.
+    # for 0.05 nats per image; seen (seed 0, all 1294 rows): 1.6e-5 below it, after 2400
+    # steps.
     from guides import FitConfig, fit_guide
+    from zoo.vae import load_digits
     from zoo.vae.baselines import ppca_log_density
 
-    post = make_posterior("digits", latent_dim=2, hidden=(), scale="shared")
+    digits = load_digits()
+    rows = dataclasses.replace(digits, train=digits.train[:440], train_labels=None)
+    post = make_posterior(rows, latent_dim=2, hidden=(), scale="shared")
     x = post.data["x"]
     config = FitConfig(num_steps=6000, min_steps=1000, window=200, num_particles=4)
     options = {"global_guide": None, "encoder": "linear"}
@@ -181,3 +186,25 @@ def test_a_vae_training_resumes_from_its_checkpoint_to_the_same_result(
     assert resumed.held_out_elbo.tolist() == whole.held_out_elbo.tolist()
     for name, value in whole.params["params"].items():
         assert torch.equal(resumed.params["params"][name].detach(), value.detach()), name
+
+
+@pytest.mark.slow  # about 20 s: 600 steps (60 epochs) of the standard VAE on digits
+def test_the_vae_beats_ppca_of_its_latent_dimension_on_held_out_digits():
+    # The issue's bar: held-out log p(x) above PPCA's with the same K = 8 (17.8 nats per
+    # image on these rows). Seen: 600 steps of the standard VAE hold out about 40 nats (the
+    # full comparison's training about 50); the estimate here, with 500 draws per row, is
+    # a lower bound in expectation.
+    from comparisons.runners import PRESETS, run_method
+    from zoo.vae.bounds import log_evidence
+    from zoo.vae.evaluate import proposal, trained
+
+    post = make_posterior("digits")
+    standard = next(m for m in post.methods if m.name == "amortized")
+    preset = dataclasses.replace(PRESETS["smoke"], fit=FitConfig(num_steps=600))
+    run = run_method(post, standard, seed=0, preset=preset)
+    decoder, guide = trained(run)
+    x = post.test_data["x"]
+    q, _ = proposal(guide, x)
+    vae = log_evidence(decoder, q, x, samples=500, seed=1).log_px.mean()
+    ppca = post.closed_forms["ml"](0, 1).metrics["lpd_test"]
+    assert 17 < ppca < 19 and vae > ppca + 10, (vae, ppca)

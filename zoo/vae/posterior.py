@@ -22,15 +22,20 @@ LATENT_DIM = 8
 #: Share of the training rows kept out of the fit to stop it early (validation rows).
 VALIDATION_FRACTION = 0.1
 #: Rows per minibatch, and epochs without a better validation ELBO before stopping.
-BATCH_SIZE, PATIENCE = 128, 20
+BATCH_SIZE, PATIENCE = 128, 50
+#: Epochs over which the KL's weight ramps from 0 to beta (KL warm-up). On digits (seed 0,
+#: one run each) the full-covariance encoder's VAE held out 36.1 nats per image without it,
+#: 49.3 with it, 53.0 with it and a patience of 50 epochs instead of 20.
+WARMUP_EPOCHS = 20
 #: Held-out rows on which the inference gaps are measured (per-row fits on each).
 GAP_ROWS = 200
 
 
-def training_methods(encoder_hidden: Sequence[int]) -> tuple[MethodSpec, ...]:
-    """The training variants of one comparison (each trains its own decoder), the classical
-    baselines first: PPCA by maximum likelihood with the same latent dimension (``ml``) and
-    a full-covariance Gaussian (``ml_gaussian``)."""
+def training_methods(encoder_hidden: Sequence[int], num_rows: int) -> tuple[MethodSpec, ...]:
+    """The training variants of one comparison (each trains its own decoder) on
+    ``num_rows`` fitted rows, the classical baselines first: PPCA by maximum likelihood with
+    the same latent dimension (``ml``) and a full-covariance Gaussian (``ml_gaussian``)."""
+    warmup = {"kl_warmup": WARMUP_EPOCHS * -(-num_rows // BATCH_SIZE)}
     common = {
         "global_guide": None,
         "hidden": tuple(encoder_hidden),
@@ -47,20 +52,22 @@ def training_methods(encoder_hidden: Sequence[int]) -> tuple[MethodSpec, ...]:
         "min_steps": 2000,
     }
     variant = [
-        MethodSpec("amortized", "amortized", {**common, "encoder": "mlp"}),
-        MethodSpec("amortized_full", "amortized", {**common, "encoder": "mlp_full"}),
+        MethodSpec("amortized", "amortized", {**common, **warmup, "encoder": "mlp"}),
+        MethodSpec("amortized_full", "amortized", {**common, **warmup, "encoder": "mlp_full"}),
         MethodSpec(
             "amortized_iwae",
             "amortized",
             {**common, "encoder": "mlp", "objective": "iwae", "num_particles": 8},
         ),
-        MethodSpec("amortized_autoencoder", "amortized", {**common, "encoder": "mlp_delta"}),
+        MethodSpec(
+            "amortized_autoencoder", "amortized", {**common, **warmup, "encoder": "mlp_delta"}
+        ),
     ]
     variant += [
         MethodSpec(
             f"amortized_beta{beta:g}",
             "amortized",
-            {**common, "encoder": "mlp", "beta": beta},
+            {**common, **warmup, "encoder": "mlp", "beta": beta},
             default=False,
         )
         for beta in (0.25, 0.5, 2.0, 4.0)
@@ -142,7 +149,7 @@ def make_posterior(
         sites=(),
         dims={},
         coords={},
-        methods=training_methods(encoder_hidden),
+        methods=training_methods(encoder_hidden, len(fit_rows)),
         closed_forms=_closed_forms(fit_rows, images.test, int(latent_dim)),
         description=_description(images, decoder_options, encoder_hidden, len(validation)),
         evaluate=functools.partial(evaluate, images=images),
