@@ -417,6 +417,7 @@ def _run(args: argparse.Namespace, ks: list[int] | None, out_dir: Path) -> int:
         posterior,
         methods=methods,
         reference=reference,
+        follow_ups=args.command != "fit",  # one method's files, not the studies it leads to
         **_run_options(args, spec, posterior.num_data, out_dir),
     )
     _print_methods(result.results)

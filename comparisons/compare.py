@@ -307,6 +307,7 @@ def compare(
     out_dir: str | Path | None = None,
     progress: bool = False,
     on_method: OnMethod | None = None,
+    follow_ups: bool = True,
 ) -> Comparison:
     """Run ``posterior`` under each method and measure accuracy and cost.
 
@@ -332,6 +333,9 @@ def compare(
     on_method : callable, optional
         ``on_method(method, info)`` as each method finishes (:data:`OnMethod`), e.g. to print
         a line; the verdicts come once every method has run.
+    follow_ups : bool
+        Also compare the posteriors the runs lead to (``Posterior.follow_ups``: a VAE's
+        p(z | x) under its trained decoder), each in a sub-folder of ``out_dir``.
     """
     seed = check_seed(seed)
     settings = get_preset(preset)
@@ -348,15 +352,17 @@ def compare(
     records, status, judged = _judge(posterior, runs, idatas, reference)
     timings["metrics_s"] = time.perf_counter() - tick
     results = _results(posterior, settings, seed, judged, records, status, timings)
-    follow_ups = _follow_ups(posterior, runs, seed=seed, preset=settings, progress=progress,
-                             on_method=on_method)  # fmt: skip
-    if follow_ups:
+    studies = (
+        _follow_ups(posterior, runs, seed=seed, preset=settings, progress=progress,
+                    on_method=on_method) if follow_ups else {}
+    )  # fmt: skip
+    if studies:
         results["follow_ups"] = {
             name: {"dataset": c.results["dataset"], "page": f"{name}/index.html"}
-            for name, c in follow_ups.items()
+            for name, c in studies.items()
         }
     timings["total_s"] = time.perf_counter() - start
-    comparison = Comparison(results=results, idata=idatas, follow_ups=follow_ups)
+    comparison = Comparison(results=results, idata=idatas, follow_ups=studies)
     return comparison.save(out_dir) if out_dir is not None else comparison
 
 

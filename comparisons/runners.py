@@ -434,7 +434,9 @@ def run_guide(posterior, method, *, seed, preset, progress=False) -> MethodRun:
     config = dataclasses.replace(preset.fit, progress=progress, **settings)
     start = time.perf_counter()
     try:
-        result = fit_guide(spec.name, posterior, seed=seed, config=config, options=options)
+        result = fit_guide(
+            spec.name, posterior, seed=seed, config=config, options=options, label=method.name
+        )
         draws, log_w, point = _guide_draws(
             posterior, result, spec, seed=seed + 1, num_draws=preset.num_draws
         )

@@ -660,7 +660,8 @@ def plot_vae_rate_distortion(results, idatas, fig_dir: Path) -> list[Section]:
     """KL (rate) against -reconstruction (distortion) of each method with both."""
     points = {}
     for m in results.get("methods", {}):
-        rate, recon = _metric(results, m, "kl_z"), _metric(results, m, "reconstruction_test")
+        rate = _metric(results, m, "kl_z", "diagnostics")
+        recon = _metric(results, m, "reconstruction_test")
         if math.isfinite(rate) and math.isfinite(recon):
             points[m] = (rate, -recon)
     if not points:

@@ -157,7 +157,7 @@ def _train(spec, guide, target: Target, *, seed, config, name, checkpoint=None) 
     )  # fmt: skip
 
 
-def _warm_up(spec, guide, target: Target, *, seed, config) -> FitResult | None:
+def _warm_up(spec, guide, target: Target, *, seed, config, label) -> FitResult | None:
     """A guide that asks for it (``needs_warm_up``: an encoder beside global latents)
     first trains alone, the globals held at their start: with an encoder that knows nothing
     yet, the ELBO pulls the loadings toward zero (the data explained by noise) faster than
@@ -166,7 +166,7 @@ def _warm_up(spec, guide, target: Target, *, seed, config) -> FitResult | None:
         return None
     guide.freeze_globals = True
     warm = dataclasses.replace(config, num_decays=0)
-    name = f"{spec.name} (encoder warm-up)"
+    name = f"{label} (encoder warm-up)"
     result = _train(spec, guide, target, seed=seed, config=warm, name=name)
     guide.freeze_globals = False
     return result
@@ -205,14 +205,14 @@ def _finalize(guide, target: Target, result: FitResult) -> None:
         result.info.update(describe())
 
 
-def _fit_target(spec, target: Target, *, seed, config, options, checkpoint) -> FitResult:
+def _fit_target(spec, target: Target, *, seed, config, options, checkpoint, label) -> FitResult:
     start = find_start(
         spec, target.start, target.init_values, config.num_starts or target.num_starts,
         seed=seed, config=config, data=target.data,
     )  # fmt: skip
     guide = _build(spec, target, start, seed, options)
-    warmup = _warm_up(spec, guide, target, seed=seed, config=config)
-    result = _train(spec, guide, target, seed=seed, config=config, name=spec.name,
+    warmup = _warm_up(spec, guide, target, seed=seed, config=config, label=label)
+    result = _train(spec, guide, target, seed=seed, config=config, name=label,
                     checkpoint=checkpoint)  # fmt: skip
     _combine(result, warmup, start)
     result.name, result.hidden = spec.name, target.hidden
@@ -233,6 +233,7 @@ def fit_guide(
     marginal_model: Callable[..., object] | None = None,
     options: Mapping[str, object] | None = None,
     checkpoint: Checkpoint | None = None,
+    label: str | None = None,
     **data: torch.Tensor,
 ) -> FitResult:
     """Build the guide family ``name`` for ``model`` and fit it to ``model(**data)``.
@@ -258,6 +259,9 @@ def fit_guide(
         ``global_guide``).
     checkpoint : Checkpoint, optional
         Where an SVI fit writes its state, and resumes from (see :mod:`guides.checkpoint`).
+    label : str, optional
+        The name the fit's messages use (a comparison's method name, as ``amortized_iwae``);
+        default the family's.
 
     For ``laplace`` the returned guide is the Gaussian at the mode, and ``info`` says
     whether the Hessian was positive definite (and what was done if not). Examples:
@@ -279,7 +283,8 @@ def fit_guide(
             target = Target.of_model(spec, model, data, max_plate_nesting=max_plate_nesting,
                                      local=local, marginal_model=marginal_model)  # fmt: skip
         result = _fit_target(
-            spec, target, seed=seed, config=config, options=options, checkpoint=checkpoint
-        )
+            spec, target, seed=seed, config=config, options=options, checkpoint=checkpoint,
+            label=label or spec.name,
+        )  # fmt: skip
     result.params = params
     return result

@@ -341,8 +341,11 @@ def _run(loop: _Loop, checkpoint: Checkpoint | None, start: float) -> None:
                 )
                 break
             value = loop.take_step()
-            if s.step % 50 == 1:
-                bar.set_postfix(elbo=f"{value:.4g}")
+            if s.step % 50 == 1:  # the step's ELBO, and per row the last held-out one
+                shown = {"elbo": f"{value:.4g}"}
+                if s.held_out:
+                    shown["held_out_per_row"] = f"{s.held_out[-1]:.4g}"
+                bar.set_postfix(shown)
             bar.update()
             if s.step % config.window == 0:
                 _check_window(loop, moving)

@@ -38,7 +38,7 @@ def test_the_vae_comparison_measures_every_variant_on_held_out_rows(tmp_path):
         assert np.isfinite(record["metrics"]["lpd_test"]), name
     for name in ("amortized", "amortized_full", "amortized_iwae"):
         met, diag = results["methods"][name]["metrics"], results["methods"][name]["diagnostics"]
-        assert met["elbo_test"] == pytest.approx(met["reconstruction_test"] - met["kl_z"])
+        assert met["elbo_test"] == pytest.approx(met["reconstruction_test"] - diag["kl_z"])
         # log p(x) >= ELBO, up to the IW estimate's error (5 of its standard errors).
         assert met["lpd_test"] > met["elbo_test"] - 5 * diag["iw_se"], name
         assert 0 <= met["active_units"] <= 2
@@ -53,3 +53,17 @@ def test_the_vae_comparison_measures_every_variant_on_held_out_rows(tmp_path):
     # proposal.
     auto = results["methods"]["amortized_autoencoder"]["metrics"]
     assert "elbo_test" not in auto and "amortization_gap" not in auto
+    # The follow-up: p(z | x) of held-out rows under the standard VAE's decoder, NUTS the
+    # reference, written beside the report and linked from it.
+    study = results["follow_ups"]["posterior_z"]
+    assert (tmp_path / "out" / study["page"]).is_file()
+    assert 'href="posterior_z/index.html"' in (tmp_path / "out" / "index.html").read_text()
+    inner = result.follow_ups["posterior_z"].results
+    validate(inner)
+    assert inner["reference"] == "nuts"
+    assert {"delta", "laplace", "mean_field", "full_rank", "flow", "amortized_is"} <= set(
+        inner["methods"]
+    )
+    for name, record in inner["methods"].items():
+        assert "lpd_train" not in record["metrics"], name  # no LOO of a row's own z
+    assert "corr_within_row_max" in inner["methods"]["full_rank"]["metrics"]

@@ -117,8 +117,8 @@ def _with_density(decoder, encoder, x, evidence, metrics, diagnostics, arrays, o
     metrics.update(
         elbo_test=float(parts.elbo.mean()),
         reconstruction_test=float(parts.reconstruction.mean()),
-        kl_z=float(parts.kl.mean()),
     )
+    diagnostics["kl_z"] = float(parts.kl.mean())  # DESIGN.md: kl_<site> in diagnostics
     arrays["elbo_row"] = (parts.elbo, ("test_row",))
     arrays["kl_row"] = (parts.kl, ("test_row",))
     if objective != "elbo":  # the gaps split an ELBO-trained encoder's loss; IWAE's is not

@@ -126,15 +126,10 @@ def make_posterior(
         "min_scale": min_scale,
         "data_mean": x.mean(0),
         "data_sd": float(x.std()),
+        "dtype": dtype,
+        "device": device,
     }
-
-    def build_forms(method_seed: int) -> ModelForms:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(method_seed)
-            decoder = Decoder(**decoder_options, dtype=dtype, device=device)
-        local = bind(model, decoder=decoder)
-        return ModelForms(local=local, locals=(LocalLatents("z", int(latent_dim), "x"),))
-
+    build_forms = functools.partial(_forms, decoder_options=decoder_options)
     from zoo.vae.evaluate import evaluate
 
     return Posterior(
@@ -155,6 +150,17 @@ def make_posterior(
         evaluate=functools.partial(evaluate, images=images),
         follow_ups=functools.partial(_follow_ups, x_test=x_test, dataset=images.name),
     )
+
+
+def _forms(seed: int, *, decoder_options: dict) -> ModelForms:
+    """The model with a fresh decoder whose first weights come from ``seed`` (the process's
+    random streams left as they were)."""
+    device = torch.device(decoder_options["device"])
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        decoder = Decoder(**decoder_options)
+    local = bind(model, decoder=decoder)
+    return ModelForms(local=local, locals=(LocalLatents("z", decoder.latent_dim, "x"),))
 
 
 #: The method whose trained decoder the per-row posterior p(z | x) is studied under.
