@@ -302,7 +302,11 @@ def run_nuts(posterior, method=NUTS_METHOD, *, seed, preset, progress=False) -> 
 
     ``preset.nuts_budget`` stops a run that is over its budget or cannot do its job (step
     size collapsed, trees at the maximum depth); the run then has no draws, ``stopped`` is
-    True and ``error`` says why and what to try."""
+    True and ``error`` says why and what to try. The method's options may ask for more draws
+    than the preset's (``num_samples``, ``num_warmup``: the larger is taken)."""
+    more = {k: max(int(v), getattr(preset, k)) for k, v in method.options.items()
+            if k in ("num_samples", "num_warmup")}  # fmt: skip
+    preset = dataclasses.replace(preset, **more) if more else preset
     chains: list[dict[str, np.ndarray]] = []
     stats: dict[str, list[np.ndarray]] = {"n_steps": [], "diverging": [], "step_size": []}
     guard = _Guard(preset.nuts_budget, preset.num_chains, preset.num_warmup, preset.num_samples)

@@ -81,6 +81,7 @@ def evaluate(posterior, run, *, images: ImageData) -> dict[str, dict]:
         means = guide.encoder(x)(x).mean
     variance = to_numpy(means.var(0).double())
     metrics["active_units"] = int(np.sum(variance > ACTIVE))
+    diagnostics["collapsed_units"] = int(np.sum(variance <= ACTIVE))  # means blind to x
     arrays["z_test_mean"] = (to_numpy(means.double()), ("test_row", "latent"))
     arrays.update(_pictures(decoder, means))
     arrays["x_shown"] = (to_numpy(x[:SHOWN].double()), ("shown_row", "pixel"))
