@@ -276,6 +276,10 @@ def _judge(posterior: Posterior, runs, idatas, reference: str | None):
     return records, status, reference if ref else None
 
 
+def _validation_rows(posterior: Posterior) -> int:
+    return int(posterior.validation_data[posterior.obs_site].shape[0])
+
+
 def _results(posterior, settings, seed, judged, records, status, timings) -> dict:
     results = {
         "schema": SCHEMA_VERSION,
@@ -283,6 +287,7 @@ def _results(posterior, settings, seed, judged, records, status, timings) -> dic
         "dataset": posterior.dataset,
         "num_data": posterior.num_data,
         "num_test": posterior.num_test,
+        **({"num_validation": _validation_rows(posterior)} if posterior.validation_data else {}),
         "seed": seed,
         "preset": settings.name,
         "reference": judged,

@@ -770,14 +770,20 @@ _NOT_COLUMNS = {"elpd_loo_se", "ref_mcse_z_max"}
 
 
 def _columns(results: dict) -> list[tuple[str, str, str]]:
-    """The table's columns: the common ones, then the model's own metrics that appear."""
+    """The table's columns: the common ones that some method has, then the model's own
+    metrics that appear."""
     shown = {k for _, _, k in TABLE} | _NOT_COLUMNS
     extra = []
     for rec in results["methods"].values():
         for key in rec.get("metrics", {}):
             if key not in shown and key not in extra:
                 extra.append(key)
-    return TABLE + [(key.replace("_", " "), "metrics", key) for key in extra]
+    common = [
+        column
+        for column in TABLE
+        if any(column[2] in rec.get(column[1], {}) for rec in results["methods"].values())
+    ]
+    return common + [(key.replace("_", " "), "metrics", key) for key in extra]
 
 
 def _selection_html(results: dict) -> str:
@@ -856,13 +862,16 @@ def _section_html(section: tuple, fig_dir: Path) -> str:
 
 
 def rows_line(results: dict) -> str:
-    """The report's first line: how many rows were fitted, and how many held out."""
+    """The report's first line: how many rows were fitted, and how many held out (and kept
+    out of the fit to stop it early, where some were)."""
     fitted, held = results["num_data"], results.get("num_test", 0) or 0
+    valid = results.get("num_validation", 0) or 0
     if not held:
         return f"Fitted to all {fitted} rows of {results['dataset']}; none held out."
+    stop = f", {valid} kept out of the fit to stop it early" if valid else ""
     return (
-        f"Fitted to {fitted} of the {fitted + held} rows of {results['dataset']}; {held} held "
-        "out for the held-out log predictive density (lpd test)."
+        f"Fitted to {fitted} of the {fitted + valid + held} rows of {results['dataset']}{stop};"
+        f" {held} held out for the held-out log predictive density (lpd test)."
     )
 
 
