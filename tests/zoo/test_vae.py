@@ -147,7 +147,7 @@ def test_a_linear_vae_reaches_the_maximum_likelihood_of_ppca():
 
     digits = load_digits()
     rows = dataclasses.replace(digits, train=digits.train[:440], train_labels=None)
-    post = make_posterior(rows, latent_dim=2, hidden=(), scale="shared")
+    post = make_posterior(rows, latent_dim=2, hidden=(), scale="shared", dtype=torch.float64)
     x = post.data["x"]
     config = FitConfig(num_steps=6000, min_steps=1000, window=200, num_particles=4)
     options = {"global_guide": None, "encoder": "linear"}
@@ -196,15 +196,14 @@ def test_the_vae_beats_ppca_of_its_latent_dimension_on_held_out_digits():
     # lower bound in expectation.
     from comparisons.runners import PRESETS, run_method
     from zoo.vae.bounds import log_evidence
-    from zoo.vae.evaluate import proposal, trained
+    from zoo.vae.evaluate import trained
 
     post = make_posterior("digits")
     standard = next(m for m in post.methods if m.name == "amortized")
     preset = dataclasses.replace(PRESETS["smoke"], fit=FitConfig(num_steps=1500))
     run = run_method(post, standard, seed=0, preset=preset)
-    decoder, guide = trained(run)
-    x = post.test_data["x"]
-    q, _ = proposal(guide, x)
-    vae = log_evidence(decoder, q, x, samples=500, seed=1).log_px.mean()
+    x = post.test_data["x"].double()
+    nets = trained(run, x)
+    vae = log_evidence(nets.decoder, nets.proposal(), x, samples=500, seed=1).log_px.mean()
     ppca = post.closed_forms["ml"](0, 1).metrics["lpd_test"]
     assert 17 < ppca < 19 and vae > ppca + 10, (vae, ppca)

@@ -4,7 +4,9 @@ log p(x) and the KL tell held-out images from inputs unlike them (outlier detect
 
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,34 +37,45 @@ GAP_ROWS, OUTLIER_SAMPLES = 200, 500
 SHOWN = 10
 
 
-def trained(run) -> tuple[torch.nn.Module, object] | None:
-    """The decoder and the guide a run trained (None for a baseline without them)."""
+@dataclass(frozen=True)
+class Trained:
+    """What a run trained, copied in float64 for measuring (a network trained in float32
+    gave NaN log weights on inputs far from the data with a full-covariance encoder; NUTS
+    needs the potential's digits): the decoder, the encoder module for rows like the data's,
+    and whether q(z | x) has a density (not a point)."""
+
+    decoder: torch.nn.Module
+    encoder: torch.nn.Module
+    density: bool
+
+    def proposal(self):
+        """The proposal of the importance-weighted log p(x): the encoder's q mixed with a
+        wider copy (:func:`zoo.vae.bounds.widened`); for an encoder without a density, a
+        mixture around its point and the prior (:func:`zoo.vae.bounds.defensive`)."""
+        if self.density:
+            return widened(self.encoder)
+        return lambda xs, rows: defensive(self.encoder(xs).mean)
+
+
+def trained(run, x: torch.Tensor) -> Trained | None:
+    """The float64 copies of what a run trained, its encoder built for rows like ``x``
+    (None for a baseline without networks)."""
     result = run.fitted
     if result is None or not hasattr(result.guide, "encoder"):
         return None
-    return result.model.keywords["decoder"], result.guide
-
-
-def proposal(guide, x: torch.Tensor):
-    """The proposal of the importance-weighted log p(x), and whether the encoder has a
-    density: the encoder's q mixed with a wider copy (:func:`zoo.vae.bounds.widened`); for an
-    encoder without a density, a mixture around its point and the prior
-    (:func:`zoo.vae.bounds.defensive`)."""
-    encoder = guide.encoder(x)
-    if ENCODERS[guide.encoder_name].density:
-        return widened(encoder), True
-    return (lambda xs, rows: defensive(encoder(xs).mean)), False
+    decoder = result.model.keywords["decoder"]  # the local form binds the model's decoder
+    as64 = lambda m: copy.deepcopy(m).to(torch.float64).requires_grad_(False)  # noqa: E731
+    density = ENCODERS[result.guide.encoder_name].density
+    return Trained(as64(decoder), as64(result.guide.encoder(x)), density)
 
 
 def evaluate(posterior, run, *, images: ImageData) -> dict[str, dict]:
     """The comparison hook (``Posterior.evaluate``) of the VAE."""
-    found = trained(run)
-    if found is None:
+    x = posterior.test_data["x"].to(torch.float64)
+    nets = trained(run, x)
+    if nets is None:
         return {}
-    decoder, guide = found
-    x = posterior.test_data["x"]
-    q, density = proposal(guide, x)
-    evidence = log_evidence(decoder, q, x, seed=1)
+    evidence = log_evidence(nets.decoder, nets.proposal(), x, seed=1)
     metrics = {
         "lpd_test": float(np.mean(evidence.log_px)),
         "bits_per_dim": float(bits_per_dim(np.mean(evidence.log_px), x.shape[1], images.levels)),
@@ -73,28 +86,32 @@ def evaluate(posterior, run, *, images: ImageData) -> dict[str, dict]:
         "iw_khat_max": float(np.max(evidence.khat)),
         "iw_khat_bad": int(np.sum(evidence.khat > KHAT_BAD)),
     }
+    if nets.decoder.likelihood == "bernoulli":
+        diagnostics["lpd_note"] = (
+            "the Bernoulli likelihood is not a density on values between 0 and 1: its log p(x)"
+            " compares with no other model's"
+        )
     arrays = {
         "log_px": (evidence.log_px, ("test_row",)),
         "log_px_khat": (evidence.khat, ("test_row",)),
     }
     with torch.no_grad():
-        means = guide.encoder(x)(x).mean
-    variance = to_numpy(means.var(0).double())
+        means = nets.encoder(x).mean
+    variance = to_numpy(means.var(0))
     metrics["active_units"] = int(np.sum(variance > ACTIVE))
     diagnostics["collapsed_units"] = int(np.sum(variance <= ACTIVE))  # means blind to x
-    arrays["z_test_mean"] = (to_numpy(means.double()), ("test_row", "latent"))
-    arrays.update(_pictures(decoder, means))
-    arrays["x_shown"] = (to_numpy(x[:SHOWN].double()), ("shown_row", "pixel"))
+    arrays["z_test_mean"] = (to_numpy(means), ("test_row", "latent"))
+    arrays.update(_pictures(nets.decoder, means))
+    arrays["x_shown"] = (to_numpy(x[:SHOWN]), ("shown_row", "pixel"))
     if images.test_labels is not None:
         arrays["test_label"] = (np.asarray(images.test_labels), ("test_row",))
     held_out = run.fitted.held_out_elbo
     if held_out is not None and len(held_out):
         arrays["validation_elbo"] = (np.asarray(held_out, dtype=float), ("check",))
-    if density:
-        encoder = from_encoder(guide.encoder(x))
+    if nets.density:
         objective = run.fitted.info.get("objective", "elbo")
-        _with_density(decoder, encoder, x, evidence, metrics, diagnostics, arrays, objective)
-    diagnostics.update(_outliers(decoder, guide, images, x, density, evidence.log_px))
+        _with_density(nets, x, evidence, metrics, diagnostics, arrays, objective)
+    diagnostics.update(_outliers(nets, images, x, evidence.log_px))
     return {"metrics": metrics, "diagnostics": diagnostics, "arrays": arrays}
 
 
@@ -112,8 +129,9 @@ def _pictures(decoder, means: torch.Tensor) -> dict[str, tuple[np.ndarray, tuple
     }
 
 
-def _with_density(decoder, encoder, x, evidence, metrics, diagnostics, arrays, objective):
+def _with_density(nets: Trained, x, evidence, metrics, diagnostics, arrays, objective):
     """The ELBO's terms and the gaps, for an encoder with a density."""
+    decoder, encoder = nets.decoder, from_encoder(nets.encoder)
     parts = elbo_parts(decoder, encoder, x, seed=2)
     metrics.update(
         elbo_test=float(parts.elbo.mean()),
@@ -135,20 +153,29 @@ def _with_density(decoder, encoder, x, evidence, metrics, diagnostics, arrays, o
     arrays["approximation_gap_row"] = (gaps.approximation, ("gap_row",))
 
 
-def _outliers(decoder, guide, images, x, density: bool, log_px) -> dict[str, float]:
+def _outliers(nets: Trained, images, x, log_px) -> dict[str, float]:
     """ROC AUC of -log p(x) (and of the KL, where q has a density) as outlier scores:
-    held-out images against each set of inputs unlike them."""
-    out: dict[str, float] = {}
-    if density:
-        kl_in = elbo_parts(decoder, from_encoder(guide.encoder(x)), x, samples=1, seed=5).kl
+    held-out images against each set of inputs unlike them. A score that is not finite
+    (none seen in float64) ranks as the most outlying, and is counted."""
+    out: dict[str, float | int] = {}
+    encoder = from_encoder(nets.encoder)
+    if nets.density:
+        kl_in = elbo_parts(nets.decoder, encoder, x, samples=1, seed=5).kl
     for name, values in out_of_distribution(images, seed=0).items():
         other = torch.as_tensor(values, dtype=x.dtype, device=x.device)
-        q, _ = proposal(guide, other)
-        other_lp = log_evidence(decoder, q, other, samples=OUTLIER_SAMPLES, seed=4).log_px
+        other_lp = log_evidence(
+            nets.decoder, nets.proposal(), other, samples=OUTLIER_SAMPLES, seed=4
+        ).log_px
         labels = np.r_[np.zeros(len(log_px)), np.ones(len(other_lp))]
-        out[f"auc_logpx_{name}"] = float(roc_auc_score(labels, -np.r_[log_px, other_lp]))
-        if density:
-            encoder = from_encoder(guide.encoder(other))
-            kl_out = elbo_parts(decoder, encoder, other, samples=1, seed=5).kl
-            out[f"auc_kl_{name}"] = float(roc_auc_score(labels, np.r_[kl_in, kl_out]))
+        out[f"auc_logpx_{name}"] = _auc(labels, -np.r_[log_px, other_lp], name, out)
+        if nets.density:
+            kl_out = elbo_parts(nets.decoder, encoder, other, samples=1, seed=5).kl
+            out[f"auc_kl_{name}"] = _auc(labels, np.r_[kl_in, kl_out], name, out)
     return out
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray, name: str, out: dict) -> float:
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        out[f"outlier_scores_not_finite_{name}"] = int(bad.sum())
+    return float(roc_auc_score(labels, np.where(bad, np.inf, scores).clip(max=np.finfo(float).max)))

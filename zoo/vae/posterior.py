@@ -92,7 +92,7 @@ def make_posterior(
     min_scale: float = MIN_SCALE,
     test_fraction: float = 0.2,
     seed: int = 0,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> Posterior:
     """Bind the VAE to image data: the posterior a comparison trains and measures.
@@ -114,7 +114,10 @@ def make_posterior(
         The held-out share of a user file (built-in sets have their own fixed split); the
         seed of that split and of the decoder's first weights.
     dtype, device
-        Of every tensor and network.
+        Of every tensor and network. float32 by default, as networks are trained (the other
+        models' default is float64): on 2 cores it trains and measures about 1.6 times as
+        fast, and the numbers reported do not need more digits than it keeps (log weights
+        are summed in float64).
     """
     images = _images(data, test_fraction, seed)
     _check_options(images, latent_dim, likelihood, scale, min_scale)
@@ -174,19 +177,18 @@ STANDARD = "amortized"
 
 def _follow_ups(runs, *, x_test: torch.Tensor, dataset: str) -> dict[str, Posterior]:
     """p(z | x, decoder) of the first :data:`~zoo.vae.conditional.NUTS_ROWS` test rows under
-    the standard VAE's trained decoder, where NUTS is the reference (none if it did not run)."""
+    the standard VAE's trained decoder (in float64, as NUTS needs), where NUTS is the
+    reference (none if that VAE did not run)."""
     from zoo.vae.conditional import NUTS_ROWS, conditional_posterior
     from zoo.vae.evaluate import trained
 
     run = runs.get(STANDARD)
-    found = None if run is None or run.error is not None else trained(run)
-    if found is None:
+    x = x_test[:NUTS_ROWS].to(torch.float64)
+    nets = None if run is None or run.error is not None else trained(run, x)
+    if nets is None:
         return {}
-    decoder, guide = found
-    x = x_test[:NUTS_ROWS]
     name = f"{dataset}: p(z | x) of test rows 0-{len(x) - 1} under the decoder {STANDARD} trained"
-    posterior = conditional_posterior(decoder, guide.encoder(x), x, dataset=name)
-    return {"posterior_z": posterior}
+    return {"posterior_z": conditional_posterior(nets.decoder, nets.encoder, x, dataset=name)}
 
 
 def _images(data, test_fraction: float, seed: int) -> ImageData:
