@@ -913,10 +913,7 @@ def _page(results: dict, sections, fig_dir: Path) -> str:
 <p>Seed {results["seed"]}, preset {html.escape(str(results.get("preset")))}.</p>
 <table>{post}</table>
 <h2>Accuracy and cost</h2>
-<p>{ref_note} lpd: mean log predictive density per row (a point estimate: log-likelihood at the
-point); elpd LOO: PSIS leave-one-out; PSIS k: how far the guide is from the posterior
-(above {KHAT_BAD}: unreliable); ESS/s: bulk ESS per second for NUTS, PSIS effective sample size
-per second for a guide.</p>
+<p>{ref_note} {_columns_legend(columns)}</p>
 <table><tr><th>method</th>{head}<th>verdict</th></tr>{rows}</table>
 {warnings_html}
 {_follow_ups_html(results)}
@@ -928,6 +925,27 @@ per second for a guide.</p>
 <p class=small>Versions: {html.escape(versions)}. Timings (s): {html.escape(timings)}.</p>
 </body></html>
 """
+
+
+#: What the common columns mean, said under the table where they appear.
+_LEGEND = {
+    "lpd_test": "lpd: mean log predictive density per row (a point estimate: log-likelihood at"
+    " the point; a model without global latents: its own estimate of log p(x), see its"
+    " figures)",
+    "elpd_loo": "elpd LOO: PSIS leave-one-out",
+    "khat": f"PSIS k: how far the guide is from the posterior (above {KHAT_BAD}: unreliable)",
+    "ess_per_s": "ESS/s: bulk ESS per second for NUTS, PSIS effective sample size per second"
+    " for a guide",
+}
+
+
+def _columns_legend(columns: list[tuple[str, str, str]]) -> str:
+    keys = {key for _, _, key in columns}
+    if "lpd_train" in keys:
+        keys.add("lpd_test")
+    return "; ".join(text for key, text in _LEGEND.items() if key in keys) + (
+        "." if keys & set(_LEGEND) else ""
+    )
 
 
 def _follow_ups_html(results: dict) -> str:

@@ -194,15 +194,18 @@ def plot_vae_log_px(results, idatas, fig_dir: Path) -> list[Section]:
 
 
 def _log_px_caption(results, idatas, trained, lpd, elbo, base, se) -> str:
-    n = results.get("num_test")
+    measured = {_metric(results, m, "measured_rows", "diagnostics") for m in trained}
+    measured = {int(v) for v in measured if math.isfinite(v)}
+    n = measured.pop() if len(measured) == 1 else results.get("num_test")
     samples = {_metric(results, m, "iw_samples", "diagnostics") for m in trained}
     samples = {int(s) for s in samples if math.isfinite(s)}
     text = (
         f"Mean log p(x) of the {n or ''} held-out images, in nats per image (higher is better), "
         "estimated by importance weighting"
         + (f" with {_names([str(s) for s in sorted(samples)])} samples" if samples else "")
-        + " from each method's encoder (around the point of an encoder without a density, "
-        "a defensive mixture); error bars: one standard error over the rows."
+        + " per row from a mixture built on each method's encoder (its q, q widened 1.5 times"
+        " and a tenth of the prior; around the point of an encoder without a density, half"
+        " the prior); error bars: one standard error over the rows."
     )
     if any(math.isfinite(v) for v in elbo.values()):
         text += " Open circles: the ELBO of the same rows, which log p(x) must exceed."
@@ -621,15 +624,15 @@ def plot_vae_gaps(results, idatas, fig_dir: Path) -> list[Section]:
     caption = (
         "Why log p(x) exceeds the ELBO, row by row (Cremer, Li and Duvenaud 2018): "
         "log p(x) - ELBO(encoder) = [log p(x) - ELBO(q*)] + [ELBO(q*) - ELBO(encoder)], the "
-        "approximation gap (what the best Gaussian cannot capture of p(z | x)) plus the "
-        "amortization gap (what the encoder loses by predicting q from x instead of fitting "
-        "each row), with q* a full-covariance Gaussian fitted to each row alone, the decoder "
-        "fixed. For a diagonal encoder the amortization gap therefore also holds what a full "
-        "covariance adds. Each gap's rows are sorted separately; dotted lines are the means; "
+        "approximation gap (what the encoder's family of q cannot capture of p(z | x)) plus "
+        "the amortization gap (what the encoder loses by predicting q from x instead of "
+        "fitting each row), with q* the best member of the encoder's own family (a diagonal "
+        "or a full-covariance Gaussian) fitted to each row alone, the decoder fixed. Each "
+        "gap's rows are sorted separately; dotted lines are the means; "
         "the y axis is linear within 1 nat of 0 and logarithmic beyond. "
         f"The rows are the first {_names(counts)} held-out rows. A negative approximation "
-        "gap cannot be true: there the importance-weighted log p(x), whose proposal is the "
-        "encoder, fell below the ELBO of q*: noise when it is a hair below 0, an estimate "
+        "gap cannot be true: there the importance-weighted log p(x), whose proposal is built "
+        "on the encoder, fell below the ELBO of q*: noise when it is a hair below 0, an estimate "
         "that is too low when it is far below (PSIS k &gt; 0.7 flags some of these rows), "
         "and the mean approximation gap is understated by such rows. Per method (nats per "
         "image): "
