@@ -252,3 +252,10 @@ def test_bits_per_dim_by_hand():
     assert baselines.bits_per_dim(0.0, 64, levels=256) == pytest.approx(8.0)  # uniform
     values = baselines.bits_per_dim(np.array([0.0, -64 * math.log(2)]), 64)
     np.testing.assert_allclose(values, [0.0, 1.0])
+
+
+def test_natural_patches_get_noise_as_their_only_outliers():
+    # Other patches, shifted or inverted patches are natural image patches too.
+    patches = data.load_patches(num_train=200, num_test=50)
+    sets = data.out_of_distribution(patches, seed=0)
+    assert list(sets) == ["noise"] and sets["noise"].shape == patches.test.shape

@@ -392,11 +392,15 @@ def out_of_distribution(data: ImageData, seed: int = 0) -> dict[str, np.ndarray]
     (:func:`sample_patches`; only for 8x8 images); ``shifted``: the held-out images moved 2
     pixels right and down (:func:`shift_images`; images only); ``inverted``: ``1 - x`` (bounded
     data only). The sets are seeded independently, so one does not change with another.
+    Natural patches themselves get noise only: other patches, shifted or inverted ones are
+    natural image patches too, not outliers.
     """
     x = data.test
     seeds = np.random.SeedSequence(seed).spawn(3)
     low, high = (0.0, 1.0) if data.bounded else (float(data.train.min()), float(data.train.max()))
     sets = {"noise": np.random.default_rng(seeds[0]).uniform(low, high, size=x.shape)}
+    if data.name == "patches":
+        return sets
     if tuple(data.image_shape) == (8, 8):
         sets["patches"] = sample_patches(len(x), size=8, region="test", seed=seeds[1]).values
     if len(data.image_shape) == 2 and min(data.image_shape) > 2:
