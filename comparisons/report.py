@@ -913,7 +913,7 @@ def _page(results: dict, sections, fig_dir: Path) -> str:
 <p>Seed {results["seed"]}, preset {html.escape(str(results.get("preset")))}.</p>
 <table>{post}</table>
 <h2>Accuracy and cost</h2>
-<p>{ref_note} {_columns_legend(columns)}</p>
+<p>{ref_note} {_columns_legend(columns, results)}</p>
 <table><tr><th>method</th>{head}<th>verdict</th></tr>{rows}</table>
 {warnings_html}
 {_follow_ups_html(results)}
@@ -930,8 +930,7 @@ def _page(results: dict, sections, fig_dir: Path) -> str:
 #: What the common columns mean, said under the table where they appear.
 _LEGEND = {
     "lpd_test": "lpd: mean log predictive density per row (a point estimate: log-likelihood at"
-    " the point; a model without global latents: its own estimate of log p(x), see its"
-    " figures)",
+    " the point)",
     "elpd_loo": "elpd LOO: PSIS leave-one-out",
     "khat": f"PSIS k: how far the guide is from the posterior (above {KHAT_BAD}: unreliable)",
     "ess_per_s": "ESS/s: bulk ESS per second for NUTS, PSIS effective sample size per second"
@@ -939,12 +938,16 @@ _LEGEND = {
 }
 
 
-def _columns_legend(columns: list[tuple[str, str, str]]) -> str:
+def _columns_legend(columns: list[tuple[str, str, str]], results: dict) -> str:
     keys = {key for _, _, key in columns}
     if "lpd_train" in keys:
         keys.add("lpd_test")
-    return "; ".join(text for key, text in _LEGEND.items() if key in keys) + (
-        "." if keys & set(_LEGEND) else ""
+    legend = {**_LEGEND}
+    if not any(rec.get("summary") for rec in results["methods"].values()):
+        # no draws of global latents: each method's lpd is the model's own estimate
+        legend["lpd_test"] = "lpd: mean log p(x) per row, the model's own estimate (see below)"
+    return "; ".join(text for key, text in legend.items() if key in keys) + (
+        "." if keys & set(legend) else ""
     )
 
 
