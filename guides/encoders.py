@@ -119,6 +119,12 @@ class PointEncoder(MLPEncoder):
     """q(z | x) = a point mass at loc(x): with it the ELBO is log p(x | z) + log p(z) at
     z = loc(x), a regularized autoencoder, not a bound on log p(x)."""
 
+    def __init__(
+        self, data: torch.Tensor, latent_dim: int, hidden_dims: Sequence[int] = (128, 128)
+    ):
+        super().__init__(data, latent_dim, hidden_dims)
+        del self.raw_scale  # a point has no scale: no parameter that nothing trains
+
     def forward(self, x: torch.Tensor) -> dist.Distribution:
         return dist.Delta(self.loc(self.body(self.standardize(x))), event_dim=1)
 

@@ -46,12 +46,8 @@ class IWAE(Trace_ELBO):
                         " is outside it (a global latent): use the ELBO"
                     )
                 log_w = log_w + sign * site["unscaled_log_prob"]
-                if site["is_observed"]:
-                    scale = (
-                        float(site["scale"])
-                        if not torch.is_tensor(site["scale"])
-                        else (float(site["scale"].reshape(-1)[0]))
-                    )
+                if site["is_observed"]:  # N / B of a minibatch, one number for every row
+                    scale = float(torch.as_tensor(site["scale"]).reshape(-1)[0])
         return log_w.reshape(self.num_particles, -1), scale
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:

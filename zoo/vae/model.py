@@ -91,10 +91,6 @@ class Decoder(nn.Module):
             nn.Parameter(raw.expand(size).clone()) if likelihood == "gaussian" else None
         )
 
-    @property
-    def linear(self) -> bool:
-        return len(self.net) == 1
-
     def scale(self) -> torch.Tensor:
         """The Gaussian likelihood's scale, (D,) or (1,)."""
         return softplus(self.raw_scale) + self.min_scale
