@@ -7,18 +7,19 @@ the fitted rows each epoch cut into minibatches of 128, Adam at ``FitConfig.netw
 with every gradient clamped to +-``clip_norm`` (what Pyro's ClippedAdam does), ``EPOCHS``
 epochs, no early stopping:
 
-- zoo: ``fit_guide("amortized", post, ...)``, Pyro's SVI with Trace_ELBO inside the loop of
-  :mod:`guides.svi`. Its seconds are ``result.wall_s``: every step and the loop's own checks,
-  not the set-up (building the networks and the guide, one pass over every row to prime the
-  encoder), which is printed apart, once per fit;
+- zoo: ``fit_guide("amortized", post, ...)``, Trace_ELBO's gradients stepped by
+  :mod:`guides.optim` inside the loop of :mod:`guides.svi`. Its seconds are
+  ``result.wall_s``: every step and the loop's own checks, not the set-up (building the
+  networks and the guide, one pass over every row to prime the encoder), which is printed
+  apart, once per fit;
 - torch: a hand-written loop minimizing the estimator Trace_ELBO computes,
   ``-(N / B) * sum_n [log p(x_n | z_n) + log p(z_n) - log q(z_n | x_n)]`` with
   ``z_n = q.rsample()``: the floor for this architecture.
 
 How to read it: s/epoch are medians of ``ROUNDS`` rounds, each a run of both fits back to
 back; ratio is zoo / torch, the median of the rounds' ratios (the goal: 1.3 or less). The
-networks are small, so Pyro's fixed cost per step (Python: traces, pyro.module, one
-optimizer per parameter) weighs most where the arithmetic is cheapest (float32, 2 threads).
+networks are small, so Pyro's fixed cost per step (Python: the model's and guide's traces,
+pyro.module) weighs most where the arithmetic is cheapest (float32, 2 threads).
 Two threads on two cores collapse when anything else runs (STYLE.md): read those rows only
 from a quiet machine (the header gives the load average at the start).
 ELBO/row is each fit's ELBO per row on every fitted row after its last run (10 draws of z,

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from guides.svi import Snapshot, _Loop
 
 #: Bumped when the layout of the file changes; an older file is refused with a clear error.
-FORMAT = 1
+FORMAT = 2  # 2: the optimizer's state keyed by parameter name (guides.optim)
 
 
 @dataclass(frozen=True)

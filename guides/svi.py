@@ -17,13 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyro
 import torch
-from pyro.infer import SVI
-from pyro.optim import ClippedAdam
-from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER, normalize_param_name
 from tqdm.auto import tqdm
 
 from guides.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from guides.config import FAR_BELOW, FitConfig, FitError, FitResult, make_elbo
+from guides.optim import ParamStoreAdam
 from guides.weights import Batches, weighted
 
 logger = logging.getLogger(__name__)
@@ -109,32 +107,9 @@ class LoopState:
     seconds: float = 0.0
 
 
-def _network_names() -> set[str]:
-    """Names, as a per-parameter optimizer sees them, of the parameters registered with
-    ``pyro.module`` (torch modules: encoders, decoders)."""
-    return {
-        normalize_param_name(name)
-        for name in pyro.get_param_store().keys()
-        if _MODULE_NAMESPACE_DIVIDER in name
-    }
-
-
-def _optimizer(config: FitConfig) -> ClippedAdam:
-    """ClippedAdam with ``config.network_lr`` for network parameters, ``config.lr`` else."""
-
-    def args(name: str) -> dict[str, float]:
-        lr = config.network_lr if name in _network_names() else config.lr
-        return {"lr": lr, "clip_norm": config.clip_norm}
-
-    return ClippedAdam(args)
-
-
-def _scale_lr(optim: ClippedAdam, factor: float, *, reset: bool = False) -> None:
-    for opt in optim.optim_objs.values():
-        for group in opt.param_groups:
-            group["lr"] *= factor
-        if reset:  # Adam's moments of a collapse would throttle the steps from the best
-            opt.state.clear()
+def _optimizer(config: FitConfig) -> ParamStoreAdam:
+    """Clipped Adam with ``config.network_lr`` for network parameters, ``config.lr`` else."""
+    return ParamStoreAdam(config.lr, config.network_lr, config.clip_norm)
 
 
 @dataclass
@@ -147,8 +122,7 @@ class _Loop:
     name: str
     data: Mapping[str, torch.Tensor]
     elbo: object
-    optim: ClippedAdam
-    svi: SVI
+    optim: ParamStoreAdam
     batches: Batches | None
     held_out: Mapping[str, torch.Tensor] | None
     weights: dict[str, object]
@@ -183,7 +157,7 @@ class _Loop:
     def take_step(self) -> float:
         data, rows = self.step_data()
         with weighted(rows=rows, beta=self.beta(), **self.weights):
-            loss = self.svi.step(**data)
+            loss = float(self.elbo.loss_and_grads(self.model, self.guide, **data))
         if not math.isfinite(loss):
             trace = self.state.trace
             last = f"{trace[-1]:.6g}" if trace else "none"
@@ -192,6 +166,7 @@ class _Loop:
                 f" ELBO {last}); lower the learning rate or check the scale of the data and"
                 " priors"
             )
+        self.optim.step()
         self.state.trace.append(-loss)
         self.state.step += 1
         return -loss
@@ -238,7 +213,7 @@ def _check_window(loop: _Loop, moving: Callable[[], bool] | None) -> None:
         return
     s.decays += 1
     s.last_change = s.step
-    _scale_lr(loop.optim, 0.1, reset=collapsed)
+    loop.optim.scale_lr(0.1, reset=collapsed)
 
 
 def _check_held_out(loop: _Loop) -> None:
@@ -399,9 +374,11 @@ def fit(
     if config.batch_size is not None:
         batches = Batches.of(data, config.batch_size, seed=seed)
     loop = _Loop(
-        model, guide, config, name, data, elbo, optim, SVI(model, guide, optim, elbo),
-        batches, held_out, {"plate": plate, "local_sites": tuple(local_sites)},
+        model, guide, config, name, data, elbo, optim, batches, held_out,
+        {"plate": plate, "local_sites": tuple(local_sites)},
     )  # fmt: skip
+    for p in _parameters().values():  # a gradient left by earlier work is no step of this fit
+        p.grad = None
     if batches is not None:
         _prime(loop)
     if checkpoint is not None and checkpoint.path.exists():
