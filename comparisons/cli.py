@@ -124,6 +124,12 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"], help="device for the neural models"
     )
+    p.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        help="folder where each SVI fit keeps a checkpoint (<method>.pt): the same command run"
+        " again resumes an interrupted fit and reads finished ones back",
+    )
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -397,6 +403,10 @@ def _check(args: argparse.Namespace) -> tuple[list[int] | None, Path]:
         default_dir = Path("reports") / f"{spec.name}-{stem}"
     out_dir = args.out_dir or default_dir
     check_writable(out_dir)
+    if args.checkpoint_dir is not None:
+        if ks is not None and len(ks) > 1:
+            raise ZooInputError("--checkpoint-dir is for one K at a time; drop it or give one K")
+        check_writable(args.checkpoint_dir, "--checkpoint-dir")
     return ks, out_dir
 
 
@@ -418,6 +428,7 @@ def _run(args: argparse.Namespace, ks: list[int] | None, out_dir: Path) -> int:
         methods=methods,
         reference=reference,
         follow_ups=args.command != "fit",  # one method's files, not the studies it leads to
+        checkpoint_dir=args.checkpoint_dir,
         **_run_options(args, spec, posterior.num_data, out_dir),
     )
     _print_methods(result.results)

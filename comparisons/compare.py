@@ -235,12 +235,15 @@ def _convert(posterior: Posterior, run: MethodRun, ref_run: MethodRun | None, se
     return to_inference_data(posterior, run, seed=seed)
 
 
-def _run_all(posterior, chosen, reference, *, seed, settings, progress, on_method, timings):
+def _run_all(
+    posterior, chosen, reference, *, seed, settings, progress, on_method, timings, checkpoint_dir
+):
     runs: dict[str, MethodRun] = {}
     idatas: dict[str, az.InferenceData] = {}
     for method in chosen:
         logger.info("running %s", method.name)
-        run = run_method(posterior, method, seed=seed, preset=settings, progress=progress)
+        run = run_method(posterior, method, seed=seed, preset=settings, progress=progress,
+                         checkpoint_dir=checkpoint_dir)  # fmt: skip
         timings["methods_s"] += run.cost["wall_s"]
         _finished(method.name, run, on_method)
         runs[method.name] = run
@@ -313,6 +316,7 @@ def compare(
     progress: bool = False,
     on_method: OnMethod | None = None,
     follow_ups: bool = True,
+    checkpoint_dir: str | Path | None = None,
 ) -> Comparison:
     """Run ``posterior`` under each method and measure accuracy and cost.
 
@@ -341,6 +345,11 @@ def compare(
     follow_ups : bool
         Also compare the posteriors the runs lead to (``Posterior.follow_ups``: a VAE's
         p(z | x) under its trained decoder), each in a sub-folder of ``out_dir``.
+    checkpoint_dir : path, optional
+        Where each SVI fit keeps its checkpoint (``<method>.pt``; a follow-up's in a
+        sub-folder of its name): the same call run again resumes an interrupted fit and
+        reads a finished one back. A file written by another fit (other data, options or
+        seed) is refused.
     """
     seed = check_seed(seed)
     settings = get_preset(preset)
@@ -351,7 +360,7 @@ def compare(
     start = time.perf_counter()
     runs, idatas = _run_all(
         posterior, chosen, reference, seed=seed, settings=settings, progress=progress,
-        on_method=on_method, timings=timings,
+        on_method=on_method, timings=timings, checkpoint_dir=checkpoint_dir,
     )  # fmt: skip
     tick = time.perf_counter()
     records, status, judged = _judge(posterior, runs, idatas, reference)
@@ -359,7 +368,7 @@ def compare(
     results = _results(posterior, settings, seed, judged, records, status, timings)
     studies = (
         _follow_ups(posterior, runs, seed=seed, preset=settings, progress=progress,
-                    on_method=on_method) if follow_ups else {}
+                    on_method=on_method, checkpoint_dir=checkpoint_dir) if follow_ups else {}
     )  # fmt: skip
     if studies:
         results["follow_ups"] = {
@@ -371,7 +380,7 @@ def compare(
     return comparison.save(out_dir) if out_dir is not None else comparison
 
 
-def _follow_ups(posterior: Posterior, runs, **settings) -> dict[str, Comparison]:
+def _follow_ups(posterior: Posterior, runs, checkpoint_dir, **settings) -> dict[str, Comparison]:
     """The comparisons of the posteriors the runs lead to (a VAE: p(z | x) given the decoder
     one method trained), with the same seed and preset."""
     if posterior.follow_ups is None:
@@ -380,7 +389,8 @@ def _follow_ups(posterior: Posterior, runs, **settings) -> dict[str, Comparison]
     out = {}
     for name, follow_up in found.items():
         logger.info("comparing %s", name)
-        out[name] = compare(follow_up, **settings)
+        folder = None if checkpoint_dir is None else Path(checkpoint_dir) / name
+        out[name] = compare(follow_up, checkpoint_dir=folder, **settings)
     return out
 
 

@@ -49,7 +49,7 @@ def parse_ks(text: str) -> list[int]:
     return ks
 
 
-def check_writable(out_dir: Path) -> None:
+def check_writable(out_dir: Path, flag: str = "--out-dir") -> None:
     """Fail in one line, before any work, if the files of a run cannot be written to ``out_dir``.
 
     The check does what writing will do, and undoes it: it creates the missing folders, a
@@ -59,7 +59,7 @@ def check_writable(out_dir: Path) -> None:
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ZooInputError(f"--out-dir '{out_dir}' is a file; give a folder path")
+        raise ZooInputError(f"{flag} '{out_dir}' is a file; give a folder path")
     created: list[Path] = []
     try:
         missing = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
@@ -74,7 +74,7 @@ def check_writable(out_dir: Path) -> None:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ZooInputError(
-            f"cannot write to --out-dir '{out_dir}' ({reason}); choose a folder you can write"
+            f"cannot write to {flag} '{out_dir}' ({reason}); choose a folder you can write"
         ) from None
     finally:
         for folder in reversed(created):

@@ -7,18 +7,22 @@ statistics, cost and diagnostics. Conversion to ArviZ happens in :mod:`compariso
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import pyro
+import torch
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import init_to_median, init_to_value
 
-from guides import GUIDES, FitConfig, FitError, draw, fit_guide, get_guide
+from guides import GUIDES, Checkpoint, FitConfig, FitError, draw, fit_guide, get_guide
 from zoo import MODELS, MethodSpec, Posterior, ZooInputError, get_model
 from zoo.methods import CLOSED_FORM, METHOD_ALIASES, NUTS_METHOD
 from zoo.tensors import to_numpy
@@ -426,20 +430,60 @@ def _per_row(result, posterior: Posterior) -> dict[str, tuple[np.ndarray, tuple[
 _FIT_FIELDS = {f.name for f in dataclasses.fields(FitConfig)}
 
 
-def run_guide(posterior, method, *, seed, preset, progress=False) -> MethodRun:
+#: Steps between two checkpoints of a fit (a VAE on digits takes 9 a epoch; each file is
+#: written once more when its fit ends).
+CHECKPOINT_EVERY = 500
+
+
+def _data_digest(posterior: Posterior) -> str:
+    """A hash of every tensor the posterior's model is fitted and judged on."""
+    h = hashlib.sha256()
+    for part in (posterior.data, posterior.test_data or {}, posterior.validation_data or {}):
+        for name in sorted(part):
+            value = part[name]
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(to_numpy(value)).tobytes() if torch.is_tensor(value)
+                     else repr(value).encode())  # fmt: skip
+    return h.hexdigest()
+
+
+def _checkpoint(posterior, method, *, seed, config, options, folder) -> Checkpoint | None:
+    """The checkpoint of a method's SVI fit in ``folder`` (none for L-BFGS fits), keyed by
+    everything that makes the fit: model, data, method, options, settings and seed."""
+    if folder is None or get_guide(method.family).optimizer == "lbfgs":
+        return None
+    fit = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    fit.pop("progress")
+    what = [posterior.model_name, dict(posterior.description), method.name, method.family,
+            dict(options), fit, seed, _data_digest(posterior)]  # fmt: skip
+    key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+    return Checkpoint(Path(folder) / f"{method.name}.pt", every=CHECKPOINT_EVERY, key=key)
+
+
+def run_guide(posterior, method, *, seed, preset, progress=False, checkpoint_dir=None) -> MethodRun:
     """Fit a guide family by SVI (L-BFGS for a point), then draw from it (one chain of draws
     from q). The options are the method's, over the preset's for its family; those named
     like a field of :class:`~guides.FitConfig` (``beta``, ``objective``, ``batch_size``)
-    set the fit, the others the guide."""
+    set the fit, the others the guide. With ``checkpoint_dir``, an SVI fit writes its state
+    to ``<checkpoint_dir>/<method>.pt`` and, run again on the same data with the same
+    settings, resumes from it (a finished fit is read back, not rerun)."""
     spec = get_guide(method.family)
     options = {**preset.guide_options.get(spec.name, {}), **method.options}
     # Options that are settings of the fit (beta, objective, ...) go to its FitConfig.
     settings = {k: options.pop(k) for k in list(options) if k in _FIT_FIELDS}
     config = dataclasses.replace(preset.fit, progress=progress, **settings)
+    checkpoint = _checkpoint(posterior, method, seed=seed, config=config, options=options,
+                             folder=checkpoint_dir)  # fmt: skip
     start = time.perf_counter()
     try:
         result = fit_guide(
-            spec.name, posterior, seed=seed, config=config, options=options, label=method.name
+            spec.name,
+            posterior,
+            seed=seed,
+            config=config,
+            options=options,
+            label=method.name,
+            checkpoint=checkpoint,
         )
         draws, log_w, point = _guide_draws(
             posterior, result, spec, seed=seed + 1, num_draws=preset.num_draws
@@ -565,6 +609,11 @@ def resolve_methods(
     return list(resolved.values())
 
 
-def run_method(posterior, method, *, seed, preset, progress=False) -> MethodRun:
-    """Run one resolved method."""
-    return runner(method)(posterior, method, seed=seed, preset=preset, progress=progress)
+def run_method(
+    posterior, method, *, seed, preset, progress=False, checkpoint_dir=None
+) -> MethodRun:
+    """Run one resolved method (``checkpoint_dir``: see :func:`run_guide`; NUTS and closed
+    forms write no checkpoints)."""
+    run = runner(method)
+    extra = {"checkpoint_dir": checkpoint_dir} if run is run_guide else {}
+    return run(posterior, method, seed=seed, preset=preset, progress=progress, **extra)

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import pyro
 import torch
 
+from zoo import ZooInputError
+
 if TYPE_CHECKING:
     from guides.svi import Snapshot, _Loop
 
@@ -31,10 +33,13 @@ FORMAT = 2  # 2: the optimizer's state keyed by parameter name (guides.optim)
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """Where the fit's state goes (``path``) and how often (every ``every`` steps)."""
+    """Where the fit's state goes (``path``), how often (every ``every`` steps, and once
+    more when the fit ends) and what fit it belongs to: ``key``, any string that names the
+    fit (its data, model, options and seed); a file written under another key is refused."""
 
     path: Path
     every: int = 1000
+    key: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -66,6 +71,7 @@ def save_checkpoint(checkpoint: Checkpoint, loop: _Loop, seconds: float) -> None
     history = getattr(loop.guide, "history_state", None)
     state = {
         "format": FORMAT,
+        "key": checkpoint.key,
         "name": loop.name,
         "loop": {
             "step": s.step,
@@ -104,9 +110,14 @@ def load_checkpoint(checkpoint: Checkpoint, loop: _Loop) -> None:
     be those of the saved fit: the parameters are matched by name)."""
     state = torch.load(checkpoint.path, weights_only=True)
     if state.get("format") != FORMAT:
-        raise ValueError(
+        raise ZooInputError(
             f"{checkpoint.path}: checkpoint format {state.get('format')}, this zoo reads"
             f" {FORMAT}; remove the file to start the fit afresh"
+        )
+    if state.get("key") != checkpoint.key:
+        raise ZooInputError(
+            f"{checkpoint.path} was written by another fit ({state.get('name')}: other data,"
+            " options or seed); remove it, or choose another folder, to start this one afresh"
         )
     _create_parameters(loop)
     _load_parameters(checkpoint.path, state["params"])
@@ -137,7 +148,7 @@ def _load_parameters(path: Path, values: dict[str, torch.Tensor]) -> None:
     params = dict(pyro.get_param_store().named_parameters())
     missing = sorted(set(values) ^ set(params))
     if missing:
-        raise ValueError(
+        raise ZooInputError(
             f"{path}: the checkpoint's parameters do not match this model and guide"
             f" ({', '.join(missing[:3])}...); remove the file to start the fit afresh"
         )

@@ -385,4 +385,6 @@ def fit(
         load_checkpoint(checkpoint, loop)
     start = time.perf_counter()
     _run(loop, checkpoint, start)
+    if checkpoint is not None:  # the end too: a rerun finds the fit done
+        save_checkpoint(checkpoint, loop, loop.state.seconds + time.perf_counter() - start)
     return _finish(loop, start)

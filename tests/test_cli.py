@@ -204,6 +204,14 @@ BAD_INPUT = {
     "unknown vae variant": (["compare", "vae", "--methods", "amortized_vq"], "unknown method"),
     "nuts for the vae": (["compare", "vae", "--methods", "nuts"], "choose from: ml, amortized"),
     "vae on cuda without a gpu": (["compare", "vae", "--device", "cuda"], "sees no CUDA GPU"),
+    "checkpoint dir a file": (
+        ["compare", "vae", "--checkpoint-dir", "ok.csv"],
+        "--checkpoint-dir 'ok.csv' is a file",
+    ),
+    "checkpoints of several K": (
+        ["compare", "gmm", "--num-components", "1,2", "--checkpoint-dir", "ckpt"],
+        "--checkpoint-dir is for one K at a time",
+    ),
 }
 
 

@@ -12,7 +12,8 @@ from helpers import TINY, validate
 
 from comparisons import compare
 from guides import FitConfig
-from zoo import MODELS
+from guides.svi import _Loop
+from zoo import MODELS, ZooInputError
 
 QUICK = dataclasses.replace(
     TINY, name="quick", num_draws=10, fit=FitConfig(num_steps=150, min_steps=100, window=50)
@@ -67,3 +68,21 @@ def test_the_vae_comparison_measures_every_variant_on_held_out_rows(tmp_path):
     for name, record in inner["methods"].items():
         assert "lpd_train" not in record["metrics"], name  # no LOO of a row's own z
     assert "corr_within_row_max" in inner["methods"]["full_rank"]["metrics"]
+
+
+def test_a_comparison_rerun_with_its_checkpoints_reads_the_fits_back(tmp_path, monkeypatch):
+    post = MODELS["vae"].example(0, latent_dim=2, hidden=(8,), encoder_hidden=(8,))
+    folder = tmp_path / "ckpt"
+    run = dict(methods=["amortized"], preset=QUICK, follow_ups=False, checkpoint_dir=folder)
+    first = compare(post, seed=0, **run).results["methods"]["amortized"]
+    assert (folder / "amortized.pt").is_file()
+    steps = []
+    take_step = _Loop.take_step
+    monkeypatch.setattr(_Loop, "take_step", lambda loop: steps.append(1) or take_step(loop))
+    again = compare(post, seed=0, **run).results["methods"]["amortized"]
+    assert steps == []  # nothing left to train
+    # The finished fit is read back, not rerun: the same parameters, so the same measures.
+    assert again["metrics"] == first["metrics"]
+    assert again["diagnostics"]["final_elbo"] == first["diagnostics"]["final_elbo"]
+    with pytest.raises(ZooInputError, match="written by another fit"):
+        compare(post, seed=1, **run)  # another seed: another fit, its file refused

@@ -15,6 +15,7 @@ from pyro import poutine
 
 from guides import Checkpoint, FitConfig, fit_guide
 from guides.weights import Batches, weighted
+from zoo import ZooInputError
 
 CONFIG = FitConfig(num_steps=200, min_steps=100, window=50, batch_size=15)
 OPTIONS = {"global_guide": None, "encoder": "mlp"}
@@ -78,6 +79,21 @@ def test_a_resumed_fit_ends_where_the_uninterrupted_one_does(tmp_path):
     assert resumed.final_elbo == whole.final_elbo
     for name, value in whole.params["params"].items():
         assert torch.equal(resumed.params["params"][name].detach(), value.detach()), name
+
+
+def test_a_finished_fit_reloads_and_another_fits_file_is_refused(tmp_path):
+    post, path = tiny_posterior(), tmp_path / "fit.ckpt"
+    done = fit_guide("amortized", post, seed=0, config=CONFIG, options=OPTIONS,
+                     checkpoint=Checkpoint(path, every=1000, key="seed 0"))  # fmt: skip
+    assert torch.load(path, weights_only=True)["loop"]["step"] == done.steps  # at the end
+    again = fit_guide("amortized", post, seed=0, config=CONFIG, options=OPTIONS,
+                      checkpoint=Checkpoint(path, every=1000, key="seed 0"))  # fmt: skip
+    assert again.elbo.tolist() == done.elbo.tolist() and again.final_elbo == done.final_elbo
+    for name, value in done.params["params"].items():
+        assert torch.equal(again.params["params"][name].detach(), value.detach()), name
+    with pytest.raises(ZooInputError, match="written by another fit"):
+        fit_guide("amortized", post, seed=1, config=CONFIG, options=OPTIONS,
+                  checkpoint=Checkpoint(path, key="seed 1"))  # fmt: skip
 
 
 def test_held_out_checks_run_once_an_epoch_and_stop_early(tmp_path):
