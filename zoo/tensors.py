@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import torch
 
@@ -10,3 +13,24 @@ def to_numpy(value: torch.Tensor) -> np.ndarray:
     """``value`` as a numpy array, detached from the graph and moved to the CPU first (a
     tensor on a GPU has no ``.numpy()``). The array may share memory with a CPU tensor."""
     return value.detach().cpu().numpy()
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def all_cores():
+    """A block in which torch may use every core this process has (at least as many threads
+    as it had), the setting put back afterwards: for large batched arithmetic, where a
+    second thread pays (the command line runs on one, which is faster for small models)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(before, cores()))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
