@@ -236,6 +236,24 @@ def _check_held_out(loop: _Loop) -> None:
     s.converged = s.done = True
 
 
+def _keep_best_held_out(loop: _Loop) -> bool:
+    """At the end of a fit with early stopping that ran out of steps or time before it
+    stopped: put back the parameters of the best held-out check where the last was worse
+    (what early stopping would have kept); True where it did."""
+    s, config = loop.state, loop.config
+    if not s.held_out or config.patience is None or "early_stopped" in s.info:
+        return False
+    best = s.best_held_out
+    if best.stats is None or not best.stats[0] > s.held_out[-1]:
+        return False
+    best.restore()
+    s.info["best_held_out_kept"] = (
+        f"held-out ELBO {best.stats[0]:.6g} per row at step {best.step} (the last check's"
+        f" {s.held_out[-1]:.6g}); its parameters put back"
+    )
+    return True
+
+
 def _finish(loop: _Loop, start: float) -> FitResult:
     """The final objective (restoring the best parameters where the end fell far below
     them) and the result."""
@@ -243,7 +261,9 @@ def _finish(loop: _Loop, start: float) -> FitResult:
     if s.rollbacks:
         s.info["rollbacks"] = "; ".join(s.rollbacks)
     final = math.nan
-    if s.trace and "early_stopped" not in s.info:
+    if _keep_best_held_out(loop):
+        final = loop.estimate(loop.data, config.held_out_repeats)
+    elif s.trace and "early_stopped" not in s.info:
         tail = s.trace[max(s.last_change, len(s.trace) - w) :] or s.trace[-w:]
         final = _window(tail)[0]
         if s.best.stats is not None and _far_below(s.best.stats, _window(tail), config.rtol):
@@ -354,7 +374,9 @@ def fit(
     time budget and the ``guide.still_moving()`` hook are described in :class:`FitConfig`.
     ``info`` says what happened beyond a plain fit: ``budget`` (the time limit was reached),
     ``rollbacks`` (the best parameters put back after a collapse, mid-fit), ``restored``
-    (put back at the end: the fit is then not converged), ``early_stopped``.
+    (put back at the end: the fit is then not converged), ``early_stopped``,
+    ``best_held_out_kept`` (a fit with ``patience`` that ran out of steps or time first: the
+    parameters of its best held-out check put back, as early stopping would have kept).
 
     What networks need: ``config.batch_size``, epochs of a seeded shuffle of the rows of the
     plate named ``plate``, whose sites are weighted by N / batch size; ``held_out``, the

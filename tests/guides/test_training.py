@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -114,3 +115,9 @@ def test_held_out_checks_run_once_an_epoch_and_stop_early(tmp_path):
         assert early.info["held_out_elbo"] == max(held)
     else:  # never worse: it ran to the end
         assert held == sorted(held) and early.steps == config.num_steps
+    # Without an early stop, the end of the steps keeps the best check's parameters where the
+    # last check was worse, as early stopping would have.
+    held = result.held_out_elbo.tolist()
+    kept = "best_held_out_kept" in result.info
+    assert kept == (max(held) > held[-1]), (held, result.info)
+    assert np.isfinite(result.final_elbo)
