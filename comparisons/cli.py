@@ -39,6 +39,7 @@ MODEL_FLAGS = {
     "encoder_hidden": "encoder_hidden",
     "likelihood": "likelihood",
     "scale": "scale",
+    "v1_units": "v1_units",
 }
 
 
@@ -139,7 +140,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help="number of mixture components (gmm); several, as 1,2,3 or 1-5, compare them"
         " (ELPD, ELBO, BIC)",
     )
-    p.add_argument("--latent-dim", type=int, help="latent dimension (ppca, vae, two_level_vae)")
+    p.add_argument(
+        "--latent-dim", type=int, help="latent dimension (ppca, vae; two_level_vae: V2's units)"
+    )
     p.add_argument(
         "--test-fraction",
         type=float,
@@ -161,12 +164,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     vae.add_argument(
         "--encoder-hidden",
         type=_widths,
-        help="hidden layer widths of the encoders (default: the decoder's)",
+        help="hidden layer widths of the encoders (vae default: the decoder's; two_level_vae: 256)",
     )
     vae.add_argument(
         "--likelihood", help="p(x | z): gaussian (default), bernoulli or continuous_bernoulli"
     )
     vae.add_argument("--scale", help="the Gaussian likelihood's scale: pixel (default) or shared")
+    two = p.add_argument_group("two_level_vae")
+    two.add_argument("--v1-units", type=int, help="V1 units (default: one per pixel)")
     p.add_argument(
         "--amortized-globals",
         help="guide of the globals beside the amortized encoder: delta (default) or mean_field",
@@ -548,10 +553,12 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         # The command is the application, so it may set the process up: one thread is faster
-        # on the small models (STYLE.md). Dtype and device are not process settings: the
-        # posterior is built in float64 on --device (make_posterior(dtype=, device=)).
-        # So do the VAE's networks: at these sizes a second thread makes no epoch faster
-        # (benchmarks/bench_vae.py) and slows every one on a busy machine.
+        # on the small models (STYLE.md). Dtype and device are not process settings: each
+        # posterior is built in its model's dtype (float64; float32 for the VAEs' networks)
+        # on --device (make_posterior(dtype=, device=)). The VAEs' training runs on this one
+        # thread too: at these sizes a second makes no epoch faster (benchmarks/bench_vae.py)
+        # and slows every one on a busy machine; their measurements use every core
+        # (zoo.tensors.all_cores).
         torch.set_num_threads(1)
         pyro.enable_validation(False)
         return _run(args, ks, out_dir)

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Ellipse  # noqa: E402
 
+from comparisons.two_level_figures import TWO_LEVEL_FIGURES  # noqa: E402
 from comparisons.vae_figures import VAE_FIGURES  # noqa: E402
 
 #: Colours of things that are not methods (mixture components, loading axes, classes).
@@ -51,6 +52,10 @@ METHOD_COLORS: dict[str, str] = {
     "amortized_beta0.5": "#6baed6",
     "amortized_beta2": "#2171b5",
     "amortized_beta4": "#08306b",
+    # The two-level VAE's guides and its one-layer baseline.
+    "amortized_top_down": "#31a354",
+    "amortized_chain": "#e6550d",
+    "amortized_sparse": "#756bb1",
 }
 #: Colours of methods missing from the table, chosen by a stable hash of the name.
 _SPARE_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd")
@@ -394,4 +399,5 @@ MODEL_FIGURES: dict[str, tuple[Callable[..., list[Section]], ...]] = {
     "gmm": (plot_gmm_components,),
     "ppca": (plot_ppca_loadings, plot_ppca_spectrum, plot_ppca_latents, plot_ppca_cov_error),
     "vae": VAE_FIGURES,
+    "two_level_vae": TWO_LEVEL_FIGURES,
 }

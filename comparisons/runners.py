@@ -468,6 +468,8 @@ def run_guide(posterior, method, *, seed, preset, progress=False, checkpoint_dir
     to ``<checkpoint_dir>/<method>.pt`` and, run again on the same data with the same
     settings, resumes from it (a finished fit is read back, not rerun)."""
     spec = get_guide(method.family)
+    if method.build_forms is not None:  # a baseline model of its own, on the same rows
+        posterior = dataclasses.replace(posterior, build_forms=method.build_forms)
     options = {**preset.guide_options.get(spec.name, {}), **method.options}
     # Options that are settings of the fit (beta, objective, ...) go to its FitConfig.
     settings = {k: options.pop(k) for k in list(options) if k in _FIT_FIELDS}

@@ -66,8 +66,10 @@ class AmortizedGuide(PyroModule):
     ):
         super().__init__()
         if encoder not in ENCODERS:
+            from guides.hierarchical import ORDERS
+
             raise ZooInputError(
-                f"unknown encoder '{encoder}'; choose one of: {', '.join(ENCODERS)}"
+                f"unknown encoder '{encoder}'; choose one of: {', '.join([*ENCODERS, *ORDERS])}"
             )
         if global_guide is not None and global_guide not in GLOBAL_GUIDES:
             raise ZooInputError(
@@ -156,3 +158,14 @@ class AmortizedGuide(PyroModule):
     def latent_means(self, x: torch.Tensor, site: LocalLatents | None = None) -> torch.Tensor:
         """The mean of q(z | x) for every row of ``x`` (N, K), of ``site`` (the first)."""
         return self.encoder(x, site)(x).mean
+
+
+def build_amortized(model: Callable[..., object], *, encoder: str = "linear", **options):
+    """The ``amortized`` family's guide: :class:`AmortizedGuide` (one encoder a local site),
+    or for ``encoder="chain"`` or ``"top_down"`` the encoders of two layers of per-row latents
+    in that order (:class:`guides.hierarchical.HierarchicalGuide`)."""
+    from guides.hierarchical import ORDERS, HierarchicalGuide
+
+    if encoder in ORDERS:
+        return HierarchicalGuide(model, order=encoder, **options)
+    return AmortizedGuide(model, encoder=encoder, **options)

@@ -100,8 +100,9 @@ GUIDES: dict[str, GuideSpec] = {
     ),
     "amortized": GuideSpec(
         "amortized",
-        "amortized: an encoder network q(z | x) for per-row latents, a point for the globals",
-        _Deferred("guides.amortized:AmortizedGuide"),
+        "amortized: an encoder network q(z | x) for per-row latents, a point for the globals;"
+        " for two layers of them, the chain or top-down encoders",
+        _Deferred("guides.amortized:build_amortized"),
         # One particle, as variational autoencoders are fitted: the per-row terms already
         # average over every row. On PPCA of digits 8 particles cost 9x the time a step.
         num_particles=1,

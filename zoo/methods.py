@@ -8,7 +8,8 @@ per family, all with one signature.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 #: Other names a user may give for a method (one table for the command line and Python).
@@ -31,13 +32,17 @@ class MethodSpec:
     ``options`` the family's options (a guide class's keywords, such as ``encoder``; for a
     closed form, ``form``: its key in ``Posterior.closed_forms``). ``default``: run when a
     comparison names no methods (False where it would take hours, with the reason in the
-    posterior's description).
+    posterior's description). ``build_forms``: for a guide family, the model it fits when
+    that is not the posterior's own (``build_forms(seed) -> ModelForms``, as
+    ``Posterior.build_forms``): a baseline model trained on the same rows and measured by
+    the same hook, as the two-level VAE's one-layer sparse VAE.
     """
 
     name: str
     family: str
     options: Mapping[str, object] = field(default_factory=dict)
     default: bool = True
+    build_forms: Callable[[int], object] | None = None
 
 
 def declare_methods(
@@ -60,9 +65,7 @@ def declare_methods(
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"method names must be unique, got {names}")
-    return tuple(
-        MethodSpec(s.name, s.family, s.options, s.default and s.name not in skip) for s in specs
-    )
+    return tuple(dataclasses.replace(s, default=s.default and s.name not in skip) for s in specs)
 
 
 #: Pyro's NUTS under its usual name, as a model declares it.

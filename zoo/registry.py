@@ -213,6 +213,29 @@ MODELS: dict[str, ModelSpec] = {
             " 20% held out",
         },
     ),
+    "two_level_vae": ModelSpec(
+        name="two_level_vae",
+        summary="two-level (V1/V2) VAE of whitened patches: z2 ~ N(0, I), z1 | z2 sparse"
+        " (Laplace), x = Phi z1 + noise; chain against top-down guides",
+        guides=("amortized",),
+        closed_forms=("ml",),
+        default_dataset="whitened_patches",
+        options=("latent_dim", "v1_units", "hidden", "encoder_hidden", "test_fraction"),
+        example_data={"num_data": 40, "data_dim": 4, "v1_units": 4, "v2_units": 2},
+        neural=True,
+        methods=(
+            "ml",
+            "amortized_chain",
+            "amortized_top_down",
+            "amortized_sparse",
+            "ml_gaussian",
+        ),
+        datasets={
+            "whitened_patches": "12x12 whitened patches (1/f with a roll-off) of ten"
+            " photographs (scikit-image, scikit-learn); 20000 from the left 80% of each photo"
+            " to train, 2000 from the right 20% held out",
+        },
+    ),
 }
 
 

@@ -34,7 +34,8 @@ SIGMA = 1.0
 STOCHASTIC = FitConfig(num_steps=3000, lr=0.05, num_particles=64, min_steps=300, window=100)
 
 # Every guide family has a test against its closed-form optimum: here, and for amortized
-# (an encoder on PPCA at the ML solution) in test_amortized.py.
+# in test_amortized.py (an encoder on PPCA at the ML solution) and test_hierarchical.py
+# (the chain and top-down encoders at log p(x) of a linear-Gaussian two-level model).
 TESTED_GUIDES = {"delta", "laplace", "full_rank", "mean_field", "low_rank", "flow", "amortized"}
 
 

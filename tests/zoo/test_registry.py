@@ -102,7 +102,7 @@ def _built(name: str) -> tuple:
 
 #: The dtype of each model's posterior by default: float64, but float32 for the networks of
 #: the VAE (zoo.vae.make_posterior says why).
-DTYPES = {"vae": torch.float32}
+DTYPES = {"vae": torch.float32, "two_level_vae": torch.float32}
 
 
 @pytest.mark.parametrize("name", list(MODELS))

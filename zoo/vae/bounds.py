@@ -152,7 +152,12 @@ class LogEvidence:
 
 def log_evidence(decoder, proposal: Proposal, x, *, samples=IW_SAMPLES, seed=0) -> LogEvidence:
     """log p(x_n) ~ log (1/S) sum_i w_i per row, w_i = p(x_n, z_i) / q(z_i | x_n)."""
-    lw = log_weights(decoder, proposal, x, samples, seed=seed).log_w
+    return summarize(log_weights(decoder, proposal, x, samples, seed=seed).log_w)
+
+
+def summarize(lw: np.ndarray) -> LogEvidence:
+    """The estimate of log p(x) per row from log importance weights (samples, rows)."""
+    samples = lw.shape[0]
     top = lw.max(axis=0)
     w = np.exp(lw - top)
     mean = w.mean(axis=0)

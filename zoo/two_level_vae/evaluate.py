@@ -1,0 +1,167 @@
+"""What a comparison measures of each trained two-level (or one-layer sparse) VAE, on
+held-out patches, in float64 copies of its networks.
+
+- log p(x) per row by importance sampling with the guide as proposal (K = 5000 draws per
+  row, a log-mean-exp per row, its standard error and PSIS k);
+- the ELBO and its terms per layer: reconstruction E_q[log p(x | z1)], the V1 term
+  E_q[log q(z1 | .) - log p(z1 | z2)] (KL(q(z1 | .) || p(z1 | z2)) averaged over the draws)
+  and the V2 term E_q[log q(z2 | .) - log p(z2)], each a Monte Carlo average at the guide's
+  own draws (valid for either order of the guide);
+- per layer: active units (variance over rows of E_q[z] above 0.01) and collapsed ones;
+- V1's sparseness: the excess kurtosis of each active unit's posterior mean over rows;
+- arrays for the report: Phi (the V1 projective fields), log p(x) and its k per row, the
+  layers' terms per row, the held-out ELBO of every epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pyro.distributions as dist
+import torch
+from scipy.stats import kurtosis
+
+from zoo.tensors import all_cores, to_numpy
+from zoo.vae.bounds import IW_SAMPLES, KHAT_BAD, summarize
+from zoo.vae.data import ImageData
+
+#: Held-out rows measured (5000 draws each through two perceptrons and Phi).
+MEASURED_ROWS = 200
+#: Draws per row for the ELBO's terms and the latent means.
+ELBO_SAMPLES = 100
+#: A unit is active when the variance over rows of its posterior mean exceeds this.
+ACTIVE = 0.01
+#: Numbers of (draws x rows) evaluated at once.
+CHUNK = 50_000
+
+#: Draws of every latent site for rows x: (x, num) -> (values by site, log q by site).
+Sampler = Callable[[torch.Tensor, int], tuple[dict, dict]]
+
+
+def _sampler(result, x: torch.Tensor) -> tuple[object, Sampler] | None:
+    """The float64 decoder and a sampler of the fitted guide (None for a baseline)."""
+    guide = result.guide
+    if result.model is None or not hasattr(result.model, "keywords"):
+        return None
+    as64 = lambda m: copy.deepcopy(m).to(torch.float64).requires_grad_(False)  # noqa: E731
+    decoder = as64(result.model.keywords["decoder"])
+    if hasattr(guide, "conditionals"):  # the hierarchical guide
+        nets = as64(guide.networks(x))  # built in training: x only says where
+        return decoder, lambda rows, num: guide.sample(rows, num, nets)
+    if not hasattr(guide, "encoder"):
+        return None
+    encoder = as64(guide.encoder(x.to(decoder.phi.dtype)))
+    site = guide.local.site
+
+    def sample(rows: torch.Tensor, num: int):
+        q = encoder(rows)
+        z = q.sample((num,))
+        return {site: z}, {site: q.log_prob(z)}
+
+    return decoder, sample
+
+
+def log_terms(decoder, x: torch.Tensor, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """log p(x | z1), log p(z1 | z2) and log p(z2) at draws ``z`` (by site, (S, rows, K))."""
+    z2 = z.get("z2")
+    out = {
+        "x": decoder.likelihood(z["z1"]).log_prob(x),
+        "z1": decoder.prior_z1(z2).log_prob(z["z1"]),
+    }
+    if z2 is not None:
+        out["z2"] = dist.Normal(torch.zeros_like(z2), 1.0).to_event(1).log_prob(z2)
+    return out
+
+
+def _chunks(rows: int, samples: int) -> list[slice]:
+    step = max(1, CHUNK // samples)
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
+@torch.no_grad()
+def importance_log_weights(decoder, sample: Sampler, x, samples: int, seed: int) -> np.ndarray:
+    """log p(x, z) - log q(z | x) for ``samples`` draws per row, (samples, rows)."""
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for rows in _chunks(len(x), samples):
+            z, log_q = sample(x[rows], samples)
+            log_p = log_terms(decoder, x[rows], z)
+            out.append(sum(log_p.values()) - sum(log_q.values()))
+    return to_numpy(torch.cat(out, dim=1))
+
+
+@torch.no_grad()
+def layer_terms(decoder, sample: Sampler, x, samples: int = ELBO_SAMPLES, seed: int = 0):
+    """Per row: the reconstruction, the V1 and V2 terms (0 without V2) and each layer's
+    posterior mean (by site, (rows, K))."""
+    recon, kl1, kl2, means = [], [], [], {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for rows in _chunks(len(x), samples):
+            z, log_q = sample(x[rows], samples)
+            log_p = log_terms(decoder, x[rows], z)
+            recon.append(log_p["x"].mean(0))
+            kl1.append((log_q["z1"] - log_p["z1"]).mean(0))
+            kl2.append((log_q["z2"] - log_p["z2"]).mean(0) if "z2" in z else 0 * recon[-1])
+            for site, value in z.items():
+                means.setdefault(site, []).append(value.mean(0))
+    as_np = lambda parts: to_numpy(torch.cat(parts))  # noqa: E731
+    return as_np(recon), as_np(kl1), as_np(kl2), {k: as_np(v) for k, v in means.items()}
+
+
+def evaluate(posterior, run, *, images: ImageData) -> dict[str, dict]:
+    """The comparison hook (``Posterior.evaluate``): on every core, as the VAE's."""
+    x = posterior.test_data["x"][:MEASURED_ROWS].to(torch.float64)
+    if run.fitted is None:
+        return {}
+    found = _sampler(run.fitted, posterior.test_data["x"])
+    if found is None:
+        return {}
+    with all_cores():
+        return _measure(*found, x, run)
+
+
+def _measure(decoder, sample: Sampler, x: torch.Tensor, run) -> dict[str, dict]:
+    evidence = summarize(importance_log_weights(decoder, sample, x, IW_SAMPLES, seed=1))
+    recon, kl1, kl2, means = layer_terms(decoder, sample, x, seed=2)
+    elbo = recon - kl1 - kl2
+    metrics = {
+        "lpd_test": float(np.mean(evidence.log_px)),
+        "elbo_test": float(np.mean(elbo)),
+        "reconstruction_test": float(np.mean(recon)),
+    }
+    diagnostics: dict[str, float | int | str] = {
+        "measured_rows": len(x),
+        "iw_samples": IW_SAMPLES,
+        "iw_se": float(math.sqrt(np.sum(evidence.se**2)) / len(x)),
+        "iw_khat_max": float(np.max(evidence.khat)),
+        "iw_khat_bad": int(np.sum(evidence.khat > KHAT_BAD)),
+        "kl_z1": float(np.mean(kl1)),
+        "sigma": float(decoder.sigma()[0]),
+    }
+    if "z2" in means:
+        diagnostics["kl_z2"] = float(np.mean(kl2))
+    for site, m in means.items():
+        variance = m.var(axis=0)
+        diagnostics[f"active_{site}"] = int(np.sum(variance > ACTIVE))
+        diagnostics[f"collapsed_{site}"] = int(np.sum(variance <= ACTIVE))
+    active = means["z1"][:, means["z1"].var(axis=0) > ACTIVE]
+    if active.shape[1]:
+        diagnostics["v1_kurtosis"] = float(np.median(kurtosis(active, axis=0)))
+    arrays = {
+        "phi": (to_numpy(decoder.phi), ("pixel", "v1_unit")),
+        "log_px": (evidence.log_px, ("test_row",)),
+        "log_px_khat": (evidence.khat, ("test_row",)),
+        "elbo_row": (elbo, ("test_row",)),
+        "reconstruction_row": (recon, ("test_row",)),
+        "kl_z1_row": (kl1, ("test_row",)),
+        "kl_z2_row": (kl2, ("test_row",)),
+    }
+    held_out = run.fitted.held_out_elbo
+    if held_out is not None and len(held_out):
+        arrays["validation_elbo"] = (np.asarray(held_out, dtype=float), ("check",))
+    return {"metrics": metrics, "diagnostics": diagnostics, "arrays": arrays}
