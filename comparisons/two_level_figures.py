@@ -169,10 +169,14 @@ def _log_px_caption(results: dict, shown: dict[str, tuple[float, float, int]]) -
     text = (
         f"Mean log p(x) of {'/'.join(map(str, sorted(rows)))} held-out patches, in nats per"
         " patch (higher is better), estimated by importance weighting with each model's guide"
-        " as the proposal (filled), beside the ELBO of the same rows (open). Lines: "
-        + "; ".join(f"{BASELINES[m]} ({m}, exact) {v:.4g}" for m, v in base.items())
-        + ". "
+        " as the proposal (filled), beside the ELBO of the same rows (open). "
     )
+    if base:
+        text += (
+            "Lines: "
+            + "; ".join(f"{BASELINES[m]} ({m}, exact) {v:.4g}" for m, v in base.items())
+            + ". "
+        )
     bad = [f"{m} {k}" for m, (_, _, k) in shown.items() if k]
     if bad:
         text += (
@@ -209,7 +213,8 @@ def plot_log_px(results, idatas, fig_dir: Path) -> list[Section]:
     ax.set_xticks(range(len(shown)), list(shown), rotation=20, ha="right", fontsize=FONT)
     ax.set_ylabel("nats per held-out patch", fontsize=FONT)
     ax.tick_params(labelsize=FONT)
-    ax.legend(fontsize=FONT - 1, loc="best")
+    if any(b in results["methods"] for b in BASELINES):
+        ax.legend(fontsize=FONT - 1, loc="best")
     caption = _log_px_caption(results, shown)
     return _saved(fig, fig_dir / "log_px.png", "Held-out log p(x)", caption)
 

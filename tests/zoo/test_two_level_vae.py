@@ -76,7 +76,7 @@ QUICK = dataclasses.replace(
 )
 
 
-@pytest.mark.slow  # about 20 s: three short trainings, each measured on held-out rows
+@pytest.mark.slow  # about 20 s: three short trainings and four refits, each measured
 def test_both_orders_and_the_one_layer_model_are_measured_per_layer(tmp_path):
     post = MODELS["two_level_vae"].example(0, hidden=(8,), encoder_hidden=(8,))
     short = {"window": 50, "min_steps": 100, "patience": 5, "batch_size": 10, "kl_warmup": 20}
@@ -102,3 +102,16 @@ def test_both_orders_and_the_one_layer_model_are_measured_per_layer(tmp_path):
         assert diag["active_z1"] + diag["collapsed_z1"] == 4
         phi = result.idata[name].constant_data["phi"]
         assert phi.shape == (4, 4)
+    # The follow-up: each order refitted on each trained decoder, frozen; a frozen decoder
+    # is the one its own method trained (Phi equal), and only the guide's networks move.
+    refit = result.follow_ups["refit"]
+    validate(refit.results)
+    assert sorted(refit.results["methods"]) == sorted(
+        f"amortized_{a}_on_{b}" for a in ("chain", "top_down") for b in ("chain", "top_down")
+    )
+    for name, record in refit.results["methods"].items():
+        assert np.isfinite(record["metrics"]["elbo_test"]), name
+        trained = "amortized_" + name.split("_on_")[1]
+        phi = refit.idata[name].constant_data["phi"].values
+        assert np.array_equal(phi, result.idata[trained].constant_data["phi"].values), name
+    assert (tmp_path / "out" / "refit" / "index.html").is_file()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,19 +13,18 @@ import torch
 
 from zoo.errors import ZooInputError
 from zoo.methods import CLOSED_FORM, MethodSpec, declare_methods
-from zoo.posterior import ClosedForm, LocalLatents, ModelForms, Posterior, bind
+from zoo.posterior import LocalLatents, ModelForms, Posterior, bind
 from zoo.two_level_vae.data import DATASETS, load_user_patches
 from zoo.two_level_vae.model import HIDDEN, MIN_SCALE, TwoLevelDecoder, model
-from zoo.vae.baselines import gaussian_log_density, ppca_log_density
+from zoo.vae.baselines import baseline_forms
 from zoo.vae.data import ImageData
+from zoo.vae.posterior import validation_split
 
 NAME = "two_level_vae"
 #: V2 units by default (V1 has one unit per pixel unless asked for more).
 V2_UNITS = 16
 #: Hidden widths of the guides' perceptrons by default.
 ENCODER_HIDDEN = (256,)
-#: Share of the training rows kept out of the fit to stop it early.
-VALIDATION_FRACTION = 0.1
 #: Rows per minibatch; epochs without a better validation ELBO before stopping; epochs of
 #: KL warm-up (hierarchical VAEs collapse the upper layer without one).
 BATCH_SIZE, PATIENCE, WARMUP_EPOCHS = 128, 20, 5
@@ -108,7 +109,7 @@ def make_posterior(
     pixels = images.train.shape[1]
     v1_units = pixels if v1_units is None else v1_units
     _check(images, v1_units, latent_dim, sigma, ppca_dim)
-    fit_rows, validation = _validation_split(images.train, seed)
+    fit_rows, validation = validation_split(images.train, seed)
     as_tensor = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
     x, x_valid, x_test = as_tensor(fit_rows), as_tensor(validation), as_tensor(images.test)
     options = {
@@ -120,7 +121,7 @@ def make_posterior(
     one_level = functools.partial(_forms, options={**options, "v2_units": 0})
     from zoo.two_level_vae.evaluate import evaluate
 
-    return Posterior(
+    post = Posterior(
         model_name=NAME,
         dataset=images.name,
         forms=build_forms(seed),
@@ -133,10 +134,56 @@ def make_posterior(
         dims={},
         coords={},
         methods=training_methods(encoder_hidden, len(fit_rows), one_level),
-        closed_forms=_closed_forms(fit_rows, images.test, ppca_dim or pixels // 2),
+        closed_forms=baseline_forms(fit_rows, images.test, ppca_dim or pixels // 2),
         description=_description(images, options, encoder_hidden, len(validation)),
         evaluate=functools.partial(evaluate, images=images),
     )
+    refit = functools.partial(_refits, base=post)
+    return dataclasses.replace(post, follow_ups=refit)
+
+
+#: The two-level methods whose trained decoders each guide order is refitted on.
+TRAINED = {"chain": "amortized_chain", "top_down": "amortized_top_down"}
+
+
+def _frozen_forms(seed: int, *, decoder: TwoLevelDecoder) -> ModelForms:
+    """The two-level model with ``decoder`` fixed (its parameters constants)."""
+    local = bind(model, decoder=decoder, fixed=True)
+    upper = LocalLatents("z2", decoder.v2_units, "x")
+    return ModelForms(local=local, locals=(upper, LocalLatents("z1", decoder.v1_units, "x",
+                                                               parent="z2")))  # fmt: skip
+
+
+def _refits(runs, *, base: Posterior) -> dict[str, Posterior]:
+    """To separate learning from inference: each guide order fitted afresh on each trained
+    decoder, frozen (``amortized_<order>_on_<decoder's order>``); none unless both trained."""
+    decoders = {}
+    for order, name in TRAINED.items():
+        run = runs.get(name)
+        if run is None or run.error is not None or run.fitted is None:
+            return {}
+        decoder = copy.deepcopy(run.fitted.model.keywords["decoder"]).requires_grad_(False)
+        decoders[order] = decoder
+    train = next(m for m in base.methods if m.name == TRAINED["chain"]).options
+    methods = tuple(
+        MethodSpec(
+            f"amortized_{order}_on_{trained}",
+            "amortized",
+            {**train, "encoder": order},
+            build_forms=functools.partial(_frozen_forms, decoder=decoder),
+        )
+        for order in TRAINED
+        for trained, decoder in decoders.items()
+    )
+    return {
+        "refit": dataclasses.replace(
+            base,
+            dataset=f"{base.dataset}: each guide order refitted on each trained decoder, frozen",
+            methods=methods,
+            closed_forms={},
+            follow_ups=None,
+        )
+    }
 
 
 def _start_scale(rows: np.ndarray, v1_units: int) -> float:
@@ -189,33 +236,6 @@ def _check(images: ImageData, v1_units, v2_units, sigma, ppca_dim) -> None:
             "the two-level VAE is measured on held-out rows and these data hold out none:"
             " give a test share (--test-fraction 0.2)"
         )
-
-
-def _validation_split(train: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(seed).permutation(len(train))
-    cut = max(1, int(round(VALIDATION_FRACTION * len(train))))
-    return train[np.sort(order[cut:])], train[np.sort(order[:cut])]
-
-
-def _closed_forms(train: np.ndarray, test: np.ndarray, ppca_dim: int) -> dict:
-    """PPCA (maximum likelihood, K = ``ppca_dim``) and a full-covariance Gaussian, fitted on
-    the rows the VAEs fit, measured on the test rows (nats per patch)."""
-
-    def baseline(fn, **kw):
-        def run(seed: int, num_draws: int) -> ClosedForm:
-            density = fn(train, test, **kw)
-            metrics = {
-                "lpd_test": float(np.mean(density.test)),
-                "lpd_train": float(np.mean(density.train)),
-            }
-            return ClosedForm(draws={}, point=True, metrics=metrics)
-
-        return run
-
-    return {
-        "ml": baseline(ppca_log_density, latent_dim=ppca_dim),
-        "gaussian": baseline(gaussian_log_density),
-    }
 
 
 def _description(images: ImageData, options: dict, encoder_hidden, validation: int) -> dict:

@@ -11,8 +11,8 @@ import torch
 
 from zoo.errors import ZooInputError
 from zoo.methods import CLOSED_FORM, MethodSpec, declare_methods
-from zoo.posterior import ClosedForm, LocalLatents, ModelForms, Posterior, bind
-from zoo.vae.baselines import gaussian_log_density, ppca_log_density
+from zoo.posterior import LocalLatents, ModelForms, Posterior, bind
+from zoo.vae.baselines import baseline_forms
 from zoo.vae.data import DATASETS, ImageData, load_array
 from zoo.vae.model import HIDDEN, LIKELIHOODS, MIN_SCALE, SCALES, Decoder, model
 
@@ -121,7 +121,7 @@ def make_posterior(
     """
     images = _images(data, test_fraction, seed)
     _check_options(images, latent_dim, likelihood, scale, min_scale)
-    fit_rows, validation = _validation_split(images.train, seed)
+    fit_rows, validation = validation_split(images.train, seed)
     as_tensor = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
     x, x_valid, x_test = as_tensor(fit_rows), as_tensor(validation), as_tensor(images.test)
     encoder_hidden = tuple(encoder_hidden if encoder_hidden is not None else hidden or (256,))
@@ -153,7 +153,7 @@ def make_posterior(
         dims={},
         coords={},
         methods=training_methods(encoder_hidden, len(fit_rows)),
-        closed_forms=_closed_forms(fit_rows, images.test, int(latent_dim)),
+        closed_forms=baseline_forms(fit_rows, images.test, int(latent_dim)),
         description=_description(images, decoder_options, encoder_hidden, len(validation)),
         evaluate=functools.partial(evaluate, images=images),
         follow_ups=functools.partial(_follow_ups, x_test=x_test, dataset=images.name),
@@ -227,33 +227,12 @@ def _check_options(images: ImageData, latent_dim, likelihood, scale, min_scale) 
         raise ZooInputError(f"min_scale must be > 0, got {min_scale}")
 
 
-def _validation_split(train: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def validation_split(train: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The rows fitted and the validation rows that stop the fit early (a seeded
     :data:`VALIDATION_FRACTION` of the training rows; the test rows are never seen)."""
     order = np.random.default_rng(seed).permutation(len(train))
     cut = max(1, int(round(VALIDATION_FRACTION * len(train))))
     return train[np.sort(order[cut:])], train[np.sort(order[:cut])]
-
-
-def _closed_forms(train: np.ndarray, test: np.ndarray, latent_dim: int) -> dict:
-    """PPCA (maximum likelihood, the same K) and a full-covariance Gaussian, fitted on the
-    rows the VAE fits, measured on the test rows (nats per image)."""
-
-    def baseline(fn, **kw):
-        def run(seed: int, num_draws: int) -> ClosedForm:
-            density = fn(train, test, **kw)
-            metrics = {
-                "lpd_test": float(np.mean(density.test)),
-                "lpd_train": float(np.mean(density.train)),
-            }
-            return ClosedForm(draws={}, point=True, metrics=metrics)
-
-        return run
-
-    forms = {"gaussian": baseline(gaussian_log_density)}
-    if latent_dim < train.shape[1]:
-        forms["ml"] = baseline(ppca_log_density, latent_dim=latent_dim)
-    return forms
 
 
 def _description(images: ImageData, decoder: dict, encoder_hidden, validation: int) -> dict:
