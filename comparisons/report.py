@@ -424,7 +424,7 @@ def plot_elbo(idatas, path: Path) -> str | None:
         ax.set_ylim(lo - 0.1 * span, rel.max() + 0.1 * span)
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.tick_params(labelsize=FONT - 1)
-        ax.set_title(f"{m}: end {final:.6g}", fontsize=FONT + 1)
+        ax.set_title(f"{m}\nend {final:.6g}", fontsize=FONT + 1)
         ax.set_xlabel("step", fontsize=FONT)
     for ax in list(axes.flat)[len(traces) :]:
         ax.axis("off")

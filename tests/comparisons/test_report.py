@@ -303,13 +303,13 @@ def test_objective_traces_have_no_offset_label_and_wrap_in_rows_of_four(figs, tm
     for ax, m in zip(axes, methods):
         assert ax.yaxis.get_offset_text().get_text() == ""
         assert ax.title.get_fontsize() >= 9
-        assert ax.get_title().startswith(f"{m}: end -")
+        assert ax.get_title().startswith(f"{m}\nend -")
         assert ax.get_lines()[0].get_color() == figures.method_color(m)
         # Short tick labels: at most 8 characters (a raw axis gave -1186.2768081880).
         ticks = [t.get_text() for t in ax.get_yticklabels()]
         assert ticks and max(len(t) for t in ticks) <= 8, ticks
     end = np.mean(idatas["mean_field"].posterior.attrs["elbo"][-40:])
-    assert axes[0].get_title() == f"mean_field: end {end:.6g}"
+    assert axes[0].get_title() == f"mean_field\nend {end:.6g}"
 
 
 def test_objective_caption_names_only_the_objectives_traced():

@@ -178,7 +178,7 @@ def _refits(runs, *, base: Posterior) -> dict[str, Posterior]:
     return {
         "refit": dataclasses.replace(
             base,
-            dataset=f"{base.dataset}: each guide order refitted on each trained decoder, frozen",
+            dataset=f"{base.dataset} (each guide order refitted on each trained decoder, frozen)",
             methods=methods,
             closed_forms={},
             follow_ups=None,
