@@ -204,6 +204,15 @@ BAD_INPUT = {
     "unknown vae variant": (["compare", "vae", "--methods", "amortized_vq"], "unknown method"),
     "nuts for the vae": (["compare", "vae", "--methods", "nuts"], "choose from: ml, amortized"),
     "vae on cuda without a gpu": (["compare", "vae", "--device", "cuda"], "sees no CUDA GPU"),
+    "two-level V1 smaller than the patch": (
+        ["compare", "two_level_vae", "--v1-units", "10"],
+        "--v1-units must be a whole number at least the number of pixels (144)",
+    ),
+    "two-level V2 of no units": (
+        ["compare", "two_level_vae", "--latent-dim", "0"],
+        "--latent-dim (V2's units) must be a whole number >= 1",
+    ),
+    "v1 units for the vae": (["compare", "vae", "--v1-units", "200"], "--v1-units does not apply"),
     "checkpoint dir a file": (
         ["compare", "vae", "--checkpoint-dir", "ok.csv"],
         "--checkpoint-dir 'ok.csv' is a file",

@@ -222,7 +222,10 @@ def _images(data, test_fraction: float, seed: int) -> ImageData:
 def _check(images: ImageData, v1_units, v2_units, sigma, ppca_dim) -> None:
     pixels = images.train.shape[1]
     if not isinstance(v1_units, int | np.integer) or v1_units < pixels:
-        raise ZooInputError(f"V1 needs at least as many units as pixels ({pixels}), got {v1_units}")
+        raise ZooInputError(
+            f"--v1-units must be a whole number at least the number of pixels ({pixels}), got"
+            f" {v1_units}: give {pixels} or more"
+        )
     if not isinstance(v2_units, int | np.integer) or v2_units < 1:
         raise ZooInputError(
             f"--latent-dim (V2's units) must be a whole number >= 1, got {v2_units}"
