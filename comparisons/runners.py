@@ -435,15 +435,33 @@ _FIT_FIELDS = {f.name for f in dataclasses.fields(FitConfig)}
 CHECKPOINT_EVERY = 500
 
 
-def _data_digest(posterior: Posterior) -> str:
-    """A hash of every tensor the posterior's model is fitted and judged on."""
+def _hash_value(h, name: str, value) -> None:
+    """Feed ``name`` and ``value`` (a tensor or array by its dtype, shape, device and bytes;
+    anything else by its repr) to the hash ``h``."""
+    h.update(name.encode())
+    if torch.is_tensor(value) or isinstance(value, np.ndarray):
+        array = np.ascontiguousarray(to_numpy(value) if torch.is_tensor(value) else value)
+        device = str(value.device) if torch.is_tensor(value) else "numpy"
+        h.update(f"{array.dtype}{array.shape}{device}".encode())
+        h.update(array.tobytes())
+    else:
+        h.update(repr(value).encode())
+
+
+def _data_digest(posterior: Posterior, method, seed: int) -> str:
+    """A hash of every tensor the method's model is fitted and judged on, and of the first
+    state of every network bound in its model (a follow-up's frozen decoder included)."""
     h = hashlib.sha256()
     for part in (posterior.data, posterior.test_data or {}, posterior.validation_data or {}):
         for name in sorted(part):
-            value = part[name]
-            h.update(name.encode())
-            h.update(np.ascontiguousarray(to_numpy(value)).tobytes() if torch.is_tensor(value)
-                     else repr(value).encode())  # fmt: skip
+            _hash_value(h, name, part[name])
+    build = method.build_forms or posterior.build_forms
+    forms = build(seed) if build is not None else posterior.forms
+    for form in (forms.fit, forms.local, forms.sample, forms.likelihood):
+        for key, value in sorted(getattr(form, "keywords", {}).items()):
+            if isinstance(value, torch.nn.Module):
+                for name, tensor in sorted(value.state_dict().items()):
+                    _hash_value(h, f"{key}.{name}", tensor)
     return h.hexdigest()
 
 
@@ -455,7 +473,7 @@ def _checkpoint(posterior, method, *, seed, config, options, folder) -> Checkpoi
     fit = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     fit.pop("progress")
     what = [posterior.model_name, dict(posterior.description), method.name, method.family,
-            dict(options), fit, seed, _data_digest(posterior)]  # fmt: skip
+            dict(options), fit, seed, _data_digest(posterior, method, seed)]  # fmt: skip
     key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
     return Checkpoint(Path(folder) / f"{method.name}.pt", every=CHECKPOINT_EVERY, key=key)
 

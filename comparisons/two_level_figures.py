@@ -175,7 +175,8 @@ def _log_px_caption(results: dict, shown: dict[str, tuple[float, float, int]]) -
         text += (
             "Lines: "
             + "; ".join(f"{BASELINES[m]} ({m}, exact) {v:.4g}" for m, v in base.items())
-            + ". "
+            + f", each the mean over all {results.get('num_test')} held-out patches, not only"
+            " the measured ones. "
         )
     bad = [f"{m} {k}" for m, (_, _, k) in shown.items() if k]
     if bad:

@@ -90,6 +90,7 @@ def save_checkpoint(checkpoint: Checkpoint, loop: _Loop, seconds: float) -> None
         "params": {k: p.detach().clone() for k, p in pyro.get_param_store().named_parameters()},
         "optim": loop.optim.get_state(),
         "rng": torch.get_rng_state(),
+        "cuda_rng": _cuda_rng(loop),
         "batches": None if loop.batches is None else loop.batches.state(),
         "guide": history() if callable(history) else None,
     }
@@ -108,7 +109,8 @@ def save_checkpoint(checkpoint: Checkpoint, loop: _Loop, seconds: float) -> None
 def load_checkpoint(checkpoint: Checkpoint, loop: _Loop) -> None:
     """Put the state saved in ``checkpoint.path`` into ``loop`` (whose model and guide must
     be those of the saved fit: the parameters are matched by name)."""
-    state = torch.load(checkpoint.path, weights_only=True)
+    # On the CPU first: the values are copied into the fit's own tensors, on its device.
+    state = torch.load(checkpoint.path, weights_only=True, map_location="cpu")
     if state.get("format") != FORMAT:
         raise ZooInputError(
             f"{checkpoint.path}: checkpoint format {state.get('format')}, this zoo reads"
@@ -117,7 +119,8 @@ def load_checkpoint(checkpoint: Checkpoint, loop: _Loop) -> None:
     if state.get("key") != checkpoint.key:
         raise ZooInputError(
             f"{checkpoint.path} was written by another fit ({state.get('name')}: other data,"
-            " options or seed); remove it, or choose another folder, to start this one afresh"
+            " model, options, settings, device or seed); remove it, or choose another folder,"
+            " to start this one afresh"
         )
     _create_parameters(loop)
     _load_parameters(checkpoint.path, state["params"])
@@ -136,6 +139,14 @@ def load_checkpoint(checkpoint: Checkpoint, loop: _Loop) -> None:
     if state["guide"] is not None and callable(load_history):
         load_history(state["guide"])
     torch.set_rng_state(state["rng"])
+    for device, value in (state.get("cuda_rng") or {}).items():
+        torch.cuda.set_rng_state(value, device=int(device))
+
+
+def _cuda_rng(loop: _Loop) -> dict[int, torch.Tensor]:
+    """The random number state of every GPU the fit's data are on (its draws come from it)."""
+    devices = {v.device for v in loop.data.values() if torch.is_tensor(v)}
+    return {d.index or 0: torch.cuda.get_rng_state(d) for d in devices if d.type == "cuda"}
 
 
 def _create_parameters(loop: _Loop) -> None:

@@ -31,7 +31,7 @@ from torch.nn.functional import softplus
 
 from guides.encoders import MIN_SCALE, Standardize, _perceptron
 from zoo import LocalLatents, ZooInputError
-from zoo.tensors import to_numpy
+from zoo.tensors import cuda_devices, to_numpy
 
 #: The orders of factorization.
 ORDERS = ("chain", "top_down")
@@ -150,30 +150,34 @@ class HierarchicalGuide(PyroModule):
 
     @torch.no_grad()
     def sample(self, x: torch.Tensor, num: int, nets: nn.ModuleDict | None = None):
-        """``num`` draws of each site for every row of ``x`` (by site: (num, rows, K)) and the
-        log density of each draw under its conditional (by site: (num, rows)); ``nets``: the
-        conditionals to draw from (default the guide's own)."""
+        """``num`` draws of each site for every row of ``x`` (by site: (num, rows, K)), the
+        log density of each draw under its conditional (by site: (num, rows)) and the mean of
+        that conditional (by site, as the draws); ``nets``: the conditionals to draw from
+        (default the guide's own)."""
         values: dict[str, torch.Tensor] = {}
         log_q: dict[str, torch.Tensor] = {}
+        means: dict[str, torch.Tensor] = {}
         for site, q in self.conditionals(x, nets):
             qd = q(values)
             z = qd.sample((num,)) if qd.batch_shape == x.shape[:-1] else qd.sample()
-            values[site], log_q[site] = z, qd.log_prob(z)
-        return values, log_q
+            values[site], log_q[site], means[site] = z, qd.log_prob(z), qd.mean.expand_as(z)
+        return values, log_q, means
 
     @torch.no_grad()
     def latent_means(self, x: torch.Tensor, site: LocalLatents | None = None) -> torch.Tensor:
         """E_q[z] of ``site`` (the lower, V1, by default) for every row of ``x``: the first
         conditional's mean, or for the second the mean of its means at
-        :data:`MEAN_DRAWS` draws of the first (rows taken a thousand at a time)."""
+        :data:`MEAN_DRAWS` seeded draws of the first (rows taken a thousand at a time)."""
         key = (site or self.lower).site
         first, q = self.conditionals(x)[0]
         if first == key:
             return q({}).mean
         parts = []
-        for rows in x.split(1000):
-            (_, q1), (_, q2) = self.conditionals(rows)
-            parts.append(q2({first: q1({}).sample((MEAN_DRAWS,))}).mean.mean(0))
+        with torch.random.fork_rng(devices=cuda_devices(x)):
+            torch.manual_seed(0)  # the same means every call; the fit's streams untouched
+            for rows in x.split(1000):
+                (_, q1), (_, q2) = self.conditionals(rows)
+                parts.append(q2({first: q1({}).sample((MEAN_DRAWS,))}).mean.mean(0))
         return torch.cat(parts)
 
     def per_row(self, data) -> dict[str, tuple[object, tuple[str, ...]]]:

@@ -6,7 +6,9 @@ loop: on a small network that fixed cost is a large share of a step (``make benc
 optimizer keeps the same arithmetic (gradients clamped to +-``clip_norm``, then Adam with the
 bias corrections folded into the step size, exactly as ``pyro.optim.ClippedAdam`` does it) in
 ``torch._foreach`` calls over every parameter that has a gradient, so a fit takes the same
-steps and ends with the same parameters, bit for bit, as it did through ``SVI``.
+steps and ends with the same parameters, bit for bit, as it did through ``SVI``, wherever
+every parameter a step touches gets a gradient (SVI also stepped a traced parameter whose
+gradient was None after zeroing it, so Adam's moments still moved it; this skips it).
 
 Parameters are known by their name in the param store. A parameter first seen gets fresh
 moments and the learning rate of its kind (``network_lr`` for ``pyro.module`` networks); a

@@ -237,9 +237,9 @@ def _check_held_out(loop: _Loop) -> None:
 
 
 def _keep_best_held_out(loop: _Loop) -> bool:
-    """At the end of a fit with early stopping that ran out of steps or time before it
-    stopped: put back the parameters of the best held-out check where the last was worse
-    (what early stopping would have kept); True where it did."""
+    """At the end of a fit with early stopping that ended without it (out of steps or time,
+    or stopped by the plateau rule): put back the parameters of the best held-out check
+    where the last was worse (what early stopping would have kept); True where it did."""
     s, config = loop.state, loop.config
     if not s.held_out or config.patience is None or "early_stopped" in s.info:
         return False
@@ -375,8 +375,9 @@ def fit(
     ``info`` says what happened beyond a plain fit: ``budget`` (the time limit was reached),
     ``rollbacks`` (the best parameters put back after a collapse, mid-fit), ``restored``
     (put back at the end: the fit is then not converged), ``early_stopped``,
-    ``best_held_out_kept`` (a fit with ``patience`` that ran out of steps or time first: the
-    parameters of its best held-out check put back, as early stopping would have kept).
+    ``best_held_out_kept`` (a fit with ``patience`` that ended another way, out of steps or
+    time or at a plateau: the parameters of its best held-out check put back where the last
+    check was worse, as early stopping would have kept).
 
     What networks need: ``config.batch_size``, epochs of a seeded shuffle of the rows of the
     plate named ``plate``, whose sites are weighted by N / batch size; ``held_out``, the

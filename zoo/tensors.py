@@ -34,3 +34,8 @@ def all_cores():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def cuda_devices(*tensors: torch.Tensor) -> list[int]:
+    """The GPUs the tensors are on, as ``torch.random.fork_rng(devices=...)`` takes them."""
+    return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})

@@ -121,3 +121,10 @@ def test_held_out_checks_run_once_an_epoch_and_stop_early(tmp_path):
     kept = "best_held_out_kept" in result.info
     assert kept == (max(held) > held[-1]), (held, result.info)
     assert np.isfinite(result.final_elbo)
+    if kept:  # the parameters are those the same fit had at its best check, bit for bit
+        best = (int(np.argmax(held)) + 1) * per_epoch
+        there = fit_guide("amortized", post, seed=0, options=OPTIONS,
+                          config=dataclasses.replace(config, num_steps=best))  # fmt: skip
+        assert there.held_out_elbo.tolist() == held[: len(there.held_out_elbo)]
+        for name, value in there.params["params"].items():
+            assert torch.equal(result.params["params"][name].detach(), value.detach()), name

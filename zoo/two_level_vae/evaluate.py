@@ -24,7 +24,7 @@ import pyro.distributions as dist
 import torch
 from scipy.stats import kurtosis
 
-from zoo.tensors import all_cores, to_numpy
+from zoo.tensors import all_cores, cuda_devices, to_numpy
 from zoo.vae.bounds import IW_SAMPLES, KHAT_BAD, summarize
 from zoo.vae.data import ImageData
 
@@ -37,8 +37,9 @@ ACTIVE = 0.01
 #: Numbers of (draws x rows) evaluated at once.
 CHUNK = 50_000
 
-#: Draws of every latent site for rows x: (x, num) -> (values by site, log q by site).
-Sampler = Callable[[torch.Tensor, int], tuple[dict, dict]]
+#: Draws of every latent site for rows x: (x, num) -> (values by site, log q by site, the
+#: mean of each site's conditional at the draws before it, by site).
+Sampler = Callable[[torch.Tensor, int], tuple[dict, dict, dict]]
 
 
 def _sampler(result, x: torch.Tensor) -> tuple[object, Sampler] | None:
@@ -59,7 +60,7 @@ def _sampler(result, x: torch.Tensor) -> tuple[object, Sampler] | None:
     def sample(rows: torch.Tensor, num: int):
         q = encoder(rows)
         z = q.sample((num,))
-        return {site: z}, {site: q.log_prob(z)}
+        return {site: z}, {site: q.log_prob(z)}, {site: q.mean.expand_as(z)}
 
     return decoder, sample
 
@@ -85,10 +86,10 @@ def _chunks(rows: int, samples: int) -> list[slice]:
 def importance_log_weights(decoder, sample: Sampler, x, samples: int, seed: int) -> np.ndarray:
     """log p(x, z) - log q(z | x) for ``samples`` draws per row, (samples, rows)."""
     out = []
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=cuda_devices(x)):
         torch.manual_seed(seed)
         for rows in _chunks(len(x), samples):
-            z, log_q = sample(x[rows], samples)
+            z, log_q, _ = sample(x[rows], samples)
             log_p = log_terms(decoder, x[rows], z)
             out.append(sum(log_p.values()) - sum(log_q.values()))
     return to_numpy(torch.cat(out, dim=1))
@@ -97,17 +98,19 @@ def importance_log_weights(decoder, sample: Sampler, x, samples: int, seed: int)
 @torch.no_grad()
 def layer_terms(decoder, sample: Sampler, x, samples: int = ELBO_SAMPLES, seed: int = 0):
     """Per row: the reconstruction, the V1 and V2 terms (0 without V2) and each layer's
-    posterior mean (by site, (rows, K))."""
+    posterior mean (by site, (rows, K)): the mean of the site's conditional, averaged over
+    the draws it is conditioned on (exact for the first, and far less noisy than the mean
+    of the draws themselves, whose noise alone would make a collapsed unit look active)."""
     recon, kl1, kl2, means = [], [], [], {}
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=cuda_devices(x)):
         torch.manual_seed(seed)
         for rows in _chunks(len(x), samples):
-            z, log_q = sample(x[rows], samples)
+            z, log_q, conditional_means = sample(x[rows], samples)
             log_p = log_terms(decoder, x[rows], z)
             recon.append(log_p["x"].mean(0))
             kl1.append((log_q["z1"] - log_p["z1"]).mean(0))
             kl2.append((log_q["z2"] - log_p["z2"]).mean(0) if "z2" in z else 0 * recon[-1])
-            for site, value in z.items():
+            for site, value in conditional_means.items():
                 means.setdefault(site, []).append(value.mean(0))
     as_np = lambda parts: to_numpy(torch.cat(parts))  # noqa: E731
     return as_np(recon), as_np(kl1), as_np(kl2), {k: as_np(v) for k, v in means.items()}
