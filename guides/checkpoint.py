@@ -23,6 +23,7 @@ import pyro
 import torch
 
 from zoo import ZooInputError
+from zoo.tensors import cuda_devices
 
 if TYPE_CHECKING:
     from guides.svi import Snapshot, _Loop
@@ -145,8 +146,8 @@ def load_checkpoint(checkpoint: Checkpoint, loop: _Loop) -> None:
 
 def _cuda_rng(loop: _Loop) -> dict[int, torch.Tensor]:
     """The random number state of every GPU the fit's data are on (its draws come from it)."""
-    devices = {v.device for v in loop.data.values() if torch.is_tensor(v)}
-    return {d.index or 0: torch.cuda.get_rng_state(d) for d in devices if d.type == "cuda"}
+    tensors = [v for v in loop.data.values() if torch.is_tensor(v)]
+    return {i: torch.cuda.get_rng_state(i) for i in cuda_devices(*tensors)}
 
 
 def _create_parameters(loop: _Loop) -> None:

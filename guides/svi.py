@@ -23,6 +23,7 @@ from guides.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from guides.config import FAR_BELOW, FitConfig, FitError, FitResult, make_elbo
 from guides.optim import ParamStoreAdam
 from guides.weights import Batches, weighted
+from zoo.tensors import cuda_devices
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +146,8 @@ class _Loop:
     def forked_rng(self):
         """A block whose random draws leave the fit's random number streams as they were
         (CPU, and the GPU the data are on)."""
-        devices = {v.device for v in self.data.values() if torch.is_tensor(v)}
-        return torch.random.fork_rng(devices=[d.index or 0 for d in devices if d.type == "cuda"])
+        tensors = [v for v in self.data.values() if torch.is_tensor(v)]
+        return torch.random.fork_rng(devices=cuda_devices(*tensors))
 
     def beta(self) -> float:
         """The weight of the local latents' KL at this step (KL warm-up, then ``beta``)."""

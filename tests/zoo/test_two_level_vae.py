@@ -36,8 +36,9 @@ def test_whitening_flattens_a_one_over_f_spectrum_below_the_roll_off():
     bands = np.linspace(0.02, 0.2, 7)  # below f0 / 2, where the roll-off is at most 1.6%
     before = _radial_amplitude(image, bands)
     after = _radial_amplitude(whiten(image), bands)
-    # 1/f: the amplitude falls 6-fold over these bands; whitened it is flat (the rings' means
-    # differ by 4-6% from noise in the phases of a real image's FFT).
+    # 1/f: the amplitude falls 5.1-5.3-fold over these bands; whitened it is flat, the rings'
+    # means within 4.8-6.1% of each other (noise in the phases; both seen for phase seeds
+    # 0-2).
     assert before[0] / before[-1] > 4
     assert after.max() / after.min() < 1.15
     assert whiten(image).std() == pytest.approx(1.0)

@@ -25,7 +25,7 @@ import torch
 from scipy.stats import kurtosis
 
 from zoo.tensors import all_cores, cuda_devices, to_numpy
-from zoo.vae.bounds import IW_SAMPLES, KHAT_BAD, summarize
+from zoo.vae.bounds import IW_SAMPLES, KHAT_BAD, chunks, summarize
 from zoo.vae.data import ImageData
 
 #: Held-out rows measured (5000 draws each through two perceptrons and Phi).
@@ -77,18 +77,13 @@ def log_terms(decoder, x: torch.Tensor, z: dict[str, torch.Tensor]) -> dict[str,
     return out
 
 
-def _chunks(rows: int, samples: int) -> list[slice]:
-    step = max(1, CHUNK // samples)
-    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
-
-
 @torch.no_grad()
 def importance_log_weights(decoder, sample: Sampler, x, samples: int, seed: int) -> np.ndarray:
     """log p(x, z) - log q(z | x) for ``samples`` draws per row, (samples, rows)."""
     out = []
     with torch.random.fork_rng(devices=cuda_devices(x)):
         torch.manual_seed(seed)
-        for rows in _chunks(len(x), samples):
+        for rows in chunks(len(x), samples, CHUNK):
             z, log_q, _ = sample(x[rows], samples)
             log_p = log_terms(decoder, x[rows], z)
             out.append(sum(log_p.values()) - sum(log_q.values()))
@@ -104,7 +99,7 @@ def layer_terms(decoder, sample: Sampler, x, samples: int = ELBO_SAMPLES, seed: 
     recon, kl1, kl2, means = [], [], [], {}
     with torch.random.fork_rng(devices=cuda_devices(x)):
         torch.manual_seed(seed)
-        for rows in _chunks(len(x), samples):
+        for rows in chunks(len(x), samples, CHUNK):
             z, log_q, conditional_means = sample(x[rows], samples)
             log_p = log_terms(decoder, x[rows], z)
             recon.append(log_p["x"].mean(0))

@@ -19,7 +19,7 @@ import numpy as np
 import pyro.distributions as dist
 import torch
 
-from zoo.tensors import to_numpy
+from zoo.tensors import cuda_devices, to_numpy
 
 #: q(z | x) of a chunk of rows: called with the rows' data and their slice of all rows.
 Proposal = Callable[[torch.Tensor, slice], dist.Distribution]
@@ -103,8 +103,9 @@ def widened(encoder: Callable[[torch.Tensor], dist.Distribution]) -> Proposal:
     return proposal
 
 
-def _chunks(num_rows: int, samples: int) -> list[slice]:
-    step = max(1, CHUNK // max(samples, 1))
+def chunks(num_rows: int, samples: int, chunk: int = CHUNK) -> list[slice]:
+    """Slices of rows such that ``samples`` draws of each slice number at most ``chunk``."""
+    step = max(1, chunk // max(samples, 1))
     return [slice(i, min(i + step, num_rows)) for i in range(0, num_rows, step)]
 
 
@@ -120,10 +121,10 @@ def log_weights(decoder, proposal: Proposal, x, samples: int, *, seed: int, keep
     """log p(x_n, z_i) - log q(z_i | x_n) for ``samples`` draws per row (a :class:`Weighted`;
     the draws too with ``keep``)."""
     out, kept = [], []
-    with torch.random.fork_rng(devices=_cuda(x)):
+    with torch.random.fork_rng(devices=cuda_devices(x)):
         torch.manual_seed(seed)
         p_z = prior(decoder)
-        for rows in _chunks(len(x), samples):
+        for rows in chunks(len(x), samples):
             q = proposal(x[rows], rows)
             z = q.sample((samples,))
             lw = decoder(z).log_prob(x[rows]) + p_z.log_prob(z) - q.log_prob(z)
@@ -132,10 +133,6 @@ def log_weights(decoder, proposal: Proposal, x, samples: int, *, seed: int, keep
                 kept.append(z.double().cpu())
     z_all = to_numpy(torch.cat(kept, dim=1)) if keep else None
     return Weighted(to_numpy(torch.cat(out, dim=1)), z_all)
-
-
-def _cuda(x: torch.Tensor) -> list[int]:
-    return [x.device.index or 0] if x.device.type == "cuda" else []
 
 
 @dataclass(frozen=True)
@@ -193,9 +190,9 @@ def elbo_parts(decoder, encoder: Proposal, x, *, samples: int = 100, seed: int =
     """The ELBO of q(z | x) = ``encoder(x)`` per row, from ``samples`` draws per row."""
     recon, kl = [], []
     p_z = prior(decoder)
-    with torch.random.fork_rng(devices=_cuda(x)):
+    with torch.random.fork_rng(devices=cuda_devices(x)):
         torch.manual_seed(seed)
-        for rows in _chunks(len(x), samples):
+        for rows in chunks(len(x), samples):
             q = encoder(x[rows], rows)
             z = q.rsample((samples,))
             recon.append(decoder(z).log_prob(x[rows]).mean(0).double().cpu())
