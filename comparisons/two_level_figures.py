@@ -121,6 +121,11 @@ def _terms(results: dict) -> dict[str, dict[str, float]]:
             key: _float(record.get(group, {}).get(key, math.nan)) for key, group, _ in TERMS
         }
         out[method]["elbo_test"] = _float(record["metrics"]["elbo_test"])
+        diag = record.get("diagnostics", {})
+        active, collapsed = diag.get("active_z2"), diag.get("collapsed_z2")
+        out[method]["v2_units"] = (
+            (int(active), int(active) + int(collapsed)) if active is not None else None
+        )
         out[method]["lpd_test"] = _float(record["metrics"].get("lpd_test", math.nan))
     return out
 
@@ -129,6 +134,8 @@ def _layers_caption(terms: dict[str, dict[str, float]]) -> str:
     said = []
     for method, t in terms.items():
         v2 = "no V2" if not math.isfinite(t["kl_z2"]) else f"V2 {t['kl_z2']:.2f}"
+        if t["v2_units"] is not None:
+            v2 += f" ({t['v2_units'][0]} of {t['v2_units'][1]} V2 units active)"
         said.append(
             f"{method}: reconstruction {t['reconstruction_test']:.1f}, V1 {t['kl_z1']:.1f},"
             f" {v2}, ELBO {t['elbo_test']:.1f}"
@@ -137,7 +144,8 @@ def _layers_caption(terms: dict[str, dict[str, float]]) -> str:
         "Each trained model's held-out ELBO per patch split by layer (nats): the"
         " reconstruction term, and the V1 and V2 terms the ELBO subtracts (each a Monte Carlo"
         " average at the guide's draws, valid for either order). A V2 term near 0 means V2 is"
-        " barely used. " + "; ".join(said) + "."
+        " barely used; a unit is active when its posterior mean varies over patches (variance"
+        " above 0.01), and a small V2 term can sit in a few active units. " + "; ".join(said) + "."
     )
 
 
