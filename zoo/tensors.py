@@ -36,6 +36,18 @@ def all_cores():
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def one_core():
+    """A block in which torch runs on one thread, the setting put back afterwards: for
+    small tensors stepped many times (a sampler), where a second thread only costs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def cuda_devices(*tensors: torch.Tensor) -> list[int]:
     """The GPUs the tensors are on, as ``torch.random.fork_rng(devices=...)`` takes them."""
     return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
