@@ -667,3 +667,13 @@ def test_the_command_leaves_the_default_dtype_alone_and_computes_in_float64(work
         results = json.loads((workdir / f"out-{dtype}" / "results.json").read_text())
         found[dtype] = {m: r["summary"] for m, r in results["methods"].items()}
     assert found[torch.float32] == found[torch.float64]
+
+
+@pytest.mark.parametrize(
+    "model, preset", [("two_level_vae", "smoke"), ("vae", "full"), ("linear_regression", "full")]
+)
+def test_a_run_naming_no_preset_takes_the_models_default(model, preset, tmp_path):
+    # The two-level VAE's default trains in minutes on 2 cores; its full preset is for a GPU.
+    args = cli_module.build_parser().parse_args(["compare", model, "--out-dir", str(tmp_path)])
+    cli_module._check(args)
+    assert args.preset == preset == MODELS[model].default_preset

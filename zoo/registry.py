@@ -55,7 +55,7 @@ class ModelSpec:
     minibatches (``FitConfig.subsample_size``). ``neural``: the model has networks and may run
     on ``cuda``. ``methods``: the names of the model's methods where they are more than NUTS,
     its guides and closed forms (a VAE's training variants); a test keeps them equal to its
-    posterior's.
+    posterior's. ``default_preset``: the preset of a run that names none.
     """
 
     name: str
@@ -70,6 +70,7 @@ class ModelSpec:
     minibatch: bool = False
     neural: bool = False
     methods: tuple[str, ...] = ()
+    default_preset: str = "full"
 
     @property
     def method_names(self) -> tuple[str, ...]:
@@ -220,8 +221,9 @@ MODELS: dict[str, ModelSpec] = {
         guides=("amortized",),
         closed_forms=("ml",),
         default_dataset="whitened_patches",
-        options=("latent_dim", "v1_units", "hidden", "encoder_hidden", "test_fraction"),
+        options=("latent_dim", "v1_units", "hidden", "encoder_hidden", "test_fraction", "gold"),
         example_data={"num_data": 40, "data_dim": 4, "v1_units": 4, "v2_units": 2},
+        default_preset="smoke",
         neural=True,
         methods=(
             "ml",

@@ -103,6 +103,12 @@ def test_both_orders_and_the_one_layer_model_are_measured_per_layer(tmp_path):
         assert diag["active_z1"] + diag["collapsed_z1"] == 4
         phi = result.idata[name].constant_data["phi"]
         assert phi.shape == (4, 4)
+        # The gold standard: NUTS on p(z1, z2 | x) of a held-out row under the method's
+        # own decoder, and the guide's moments against it (two-level models only).
+        assert ("gold_z1_sd_ratio_median" in diag) == (name != "amortized_sparse"), name
+        if name != "amortized_sparse":
+            assert diag["gold_rows"] == 1 and np.isfinite(diag["gold_z1_corr_error_rms"])
+            assert result.idata[name].constant_data["gold_z1_moments"].shape == (1, 4, 4)
     # The follow-up: each order refitted on each trained decoder, frozen; a frozen decoder
     # is the one its own method trained (Phi equal), and only the guide's networks move.
     refit = result.follow_ups["refit"]
@@ -112,6 +118,9 @@ def test_both_orders_and_the_one_layer_model_are_measured_per_layer(tmp_path):
     )
     for name, record in refit.results["methods"].items():
         assert np.isfinite(record["metrics"]["elbo_test"]), name
+        # Judged against the NUTS run of its decoder, the one the trained method met.
+        trained_diag = results["methods"]["amortized_" + name.split("_on_")[1]]["diagnostics"]
+        assert record["diagnostics"]["gold_wall_s"] == trained_diag["gold_wall_s"], name
         trained = "amortized_" + name.split("_on_")[1]
         phi = refit.idata[name].constant_data["phi"].values
         assert np.array_equal(phi, result.idata[trained].constant_data["phi"].values), name

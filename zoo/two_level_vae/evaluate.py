@@ -25,6 +25,20 @@ import torch
 from scipy.stats import kurtosis
 
 from zoo.tensors import all_cores, cuda_devices, to_numpy
+from zoo.two_level_vae.data import PATCH_SIZE
+from zoo.two_level_vae.fields import fit_gabors
+from zoo.two_level_vae.gold import (
+    GOLD_ROWS,
+    INPAINT_ROWS,
+    against_nuts,
+    central_mask,
+    inpaint_gaussian,
+    inpaint_guide,
+    inpaint_nuts,
+    nuts_posterior,
+    rmse,
+)
+from zoo.two_level_vae.textures import texture_study
 from zoo.vae.bounds import IW_SAMPLES, KHAT_BAD, chunks, summarize
 from zoo.vae.data import ImageData
 
@@ -111,16 +125,119 @@ def layer_terms(decoder, sample: Sampler, x, samples: int = ELBO_SAMPLES, seed: 
     return as_np(recon), as_np(kl1), as_np(kl2), {k: as_np(v) for k, v in means.items()}
 
 
-def evaluate(posterior, run, *, images: ImageData) -> dict[str, dict]:
-    """The comparison hook (``Posterior.evaluate``): on every core, as the VAE's."""
+def evaluate(posterior, run, *, images: ImageData, gold: str | None = "smoke") -> dict[str, dict]:
+    """The comparison hook (``Posterior.evaluate``): on every core, as the VAE's. ``gold``:
+    the preset of the NUTS runs (:data:`zoo.two_level_vae.gold.GOLD_DRAWS`), None for none."""
     x = posterior.test_data["x"][:MEASURED_ROWS].to(torch.float64)
+    if run.method == "ml_gaussian":
+        return _gaussian_inpainting(images, x)
     if run.fitted is None:
         return {}
     found = _sampler(run.fitted, posterior.test_data["x"])
     if found is None:
         return {}
     with all_cores():
-        return _measure(*found, x, run)
+        out = _measure(*found, x, run)
+        for extra in (_fields(found[0], images), _textures(*found, images),
+                      _inpainting(*found, x), _gold(*found, x, gold)):  # fmt: skip
+            out["diagnostics"].update(extra.get("diagnostics", {}))
+            out["arrays"].update(extra.get("arrays", {}))
+        return out
+
+
+def _side(images: ImageData) -> int | None:
+    shape = images.image_shape
+    return shape[0] if len(shape) == 2 and shape[0] == shape[1] else None
+
+
+def _fields(decoder, images: ImageData) -> dict:
+    """Gabor fits of Phi's columns (square patches only)."""
+    side = _side(images)
+    if side is None:
+        return {}
+    fits = fit_gabors(to_numpy(decoder.phi.double()), side)
+    return {"diagnostics": fits.summary(), "arrays": fits.as_arrays()}
+
+
+def _textures(decoder, sample: Sampler, images: ImageData) -> dict:
+    """V1's and V2's responses to textures and to their phase-scrambled copies (12x12 whitened
+    patches only: the textures are cut and whitened as the built-in patches are)."""
+    if images.name != "whitened_patches" or _side(images) != PATCH_SIZE:
+        return {}
+    phi = decoder.phi
+
+    def means(rows: np.ndarray) -> dict[str, np.ndarray]:
+        x = torch.as_tensor(rows, dtype=phi.dtype, device=phi.device)
+        return layer_terms(decoder, sample, x, seed=3)[3]
+
+    return texture_study(means, size=PATCH_SIZE)
+
+
+def _inpainting(decoder, sample: Sampler, x: torch.Tensor) -> dict:
+    """The guide's prediction of the central block of held-out patches."""
+    if _square(x.shape[1]) is None:
+        return {}
+    visible = central_mask(x.shape[1])
+    rows = x[:INPAINT_ROWS]
+    predicted, trace = inpaint_guide(decoder, sample, rows, visible, seed=4)
+    truth = to_numpy(rows)[:, ~visible]
+    return {
+        "diagnostics": {
+            "inpaint_rmse": rmse(predicted, truth),
+            "inpaint_rmse_first": float(trace[0]),
+            "inpaint_rmse_zero": rmse(0 * truth, truth),
+            "inpaint_rows": len(rows),
+            "inpaint_hidden": int((~visible).sum()),
+        },
+        "arrays": {
+            "inpaint": (np.stack([truth, predicted]), ("source", "test_row", "hidden")),
+            "inpaint_trace": (trace, ("inpaint_step",)),
+        },
+    }
+
+
+def _gaussian_inpainting(images: ImageData, x: torch.Tensor) -> dict:
+    """The full Gaussian's conditional mean of the central block, for the same rows."""
+    if _square(x.shape[1]) is None:
+        return {}
+    visible = central_mask(x.shape[1])
+    rows = to_numpy(x[:INPAINT_ROWS])
+    predicted = inpaint_gaussian(images.train, rows, visible)
+    return {
+        "diagnostics": {"inpaint_rmse": rmse(predicted, rows[:, ~visible])},
+        "arrays": {
+            "inpaint": (np.stack([rows[:, ~visible], predicted]), ("source", "test_row", "hidden"))
+        },  # fmt: skip
+    }
+
+
+def _square(pixels: int) -> int | None:
+    side = int(round(pixels**0.5))
+    return side if side * side == pixels and side >= 3 else None
+
+
+def _gold(decoder, sample: Sampler, x: torch.Tensor, preset: str | None) -> dict:
+    """The guide against NUTS on the first held-out rows (two-level models only), and NUTS's
+    inpainting of the same rows' central block beside the guide's."""
+    if preset is None or not decoder.v2_units:
+        return {}
+    rows = x[: GOLD_ROWS[preset]]
+    gold = nuts_posterior(decoder, rows, preset=preset)
+    out = against_nuts(sample, rows, gold)
+    out["diagnostics"].update(gold.diagnostics)
+    if _square(x.shape[1]) is not None:
+        visible = central_mask(x.shape[1])
+        masked = nuts_posterior(decoder, rows, preset=preset, mask=visible)
+        truth = to_numpy(rows)[:, ~visible]
+        guide, _ = inpaint_guide(decoder, sample, rows, visible, seed=4)
+        out["diagnostics"].update({
+            "gold_inpaint_rmse_nuts": rmse(inpaint_nuts(decoder, masked), truth),
+            "gold_inpaint_rmse_guide": rmse(guide, truth),
+            "gold_inpaint_rhat_max": masked.diagnostics["gold_rhat_max"],
+            "gold_inpaint_ess_bulk_min": masked.diagnostics["gold_ess_bulk_min"],
+            "gold_inpaint_wall_s": masked.diagnostics["gold_wall_s"],
+        })  # fmt: skip
+    return out
 
 
 def _measure(decoder, sample: Sampler, x: torch.Tensor, run) -> dict[str, dict]:

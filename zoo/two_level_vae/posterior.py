@@ -15,6 +15,7 @@ from zoo.errors import ZooInputError
 from zoo.methods import CLOSED_FORM, MethodSpec, declare_methods
 from zoo.posterior import LocalLatents, ModelForms, Posterior, bind
 from zoo.two_level_vae.data import DATASETS, load_user_patches
+from zoo.two_level_vae.gold import GOLD_ROWS
 from zoo.two_level_vae.model import HIDDEN, MIN_SCALE, TwoLevelDecoder, model
 from zoo.vae.baselines import baseline_forms
 from zoo.vae.data import ImageData
@@ -82,6 +83,7 @@ def make_posterior(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    gold: str | None = "smoke",
 ) -> Posterior:
     """Bind the two-level VAE to patches.
 
@@ -104,11 +106,20 @@ def make_posterior(
         K of the PPCA baseline (default: half the pixels).
     test_fraction, seed, dtype, device
         As for :func:`zoo.vae.make_posterior`.
+    gold : {"smoke", "full"} or None
+        How long NUTS samples p(z1, z2 | x) of the first held-out rows under each trained
+        two-level decoder, the gold standard the guides are judged against
+        (:data:`zoo.two_level_vae.gold.GOLD_ROWS` and ``GOLD_DRAWS``; the command line
+        passes its preset); None: no NUTS.
     """
     images = _images(data, test_fraction, seed)
     pixels = images.train.shape[1]
     v1_units = pixels if v1_units is None else v1_units
     _check(images, v1_units, latent_dim, sigma, ppca_dim)
+    if gold is not None and gold not in GOLD_ROWS:
+        raise ZooInputError(
+            f"unknown gold '{gold}'; choose one of: {', '.join(GOLD_ROWS)}, or None for no NUTS"
+        )
     fit_rows, validation = validation_split(images.train, seed)
     as_tensor = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
     x, x_valid, x_test = as_tensor(fit_rows), as_tensor(validation), as_tensor(images.test)
@@ -136,7 +147,7 @@ def make_posterior(
         methods=training_methods(encoder_hidden, len(fit_rows), one_level),
         closed_forms=baseline_forms(fit_rows, images.test, ppca_dim or pixels // 2),
         description=_description(images, options, encoder_hidden, len(validation)),
-        evaluate=functools.partial(evaluate, images=images),
+        evaluate=functools.partial(evaluate, images=images, gold=gold),
     )
     refit = functools.partial(_refits, base=post)
     return dataclasses.replace(post, follow_ups=refit)
