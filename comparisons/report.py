@@ -916,6 +916,7 @@ def _page(results: dict, sections, fig_dir: Path) -> str:
 <p>{ref_note} {_columns_legend(columns, results)}</p>
 <table><tr><th>method</th>{head}<th>verdict</th></tr>{rows}</table>
 {warnings_html}
+{_model_verdict_html(results)}
 {_follow_ups_html(results)}
 {_label_swaps_html(results)}
 {_selection_html(results)}
@@ -949,6 +950,15 @@ def _columns_legend(columns: list[tuple[str, str, str]], results: dict) -> str:
     return "; ".join(text for key, text in legend.items() if key in keys) + (
         "." if keys & set(legend) else ""
     )
+
+
+def _model_verdict_html(results: dict) -> str:
+    """A model's verdict in words, where the model has one (the two-level VAE's)."""
+    if results.get("model") != "two_level_vae":
+        return ""
+    from comparisons.two_level_verdict import verdict_html
+
+    return verdict_html(results)
 
 
 def _follow_ups_html(results: dict) -> str:
