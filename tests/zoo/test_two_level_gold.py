@@ -105,10 +105,10 @@ def test_chains_in_parallel_processes_give_the_draws_of_a_run_one_after_another(
     decoder = TwoLevelDecoder(4, 4, 2, (4,), sigma=0.2, start_scale=1.0)
     x = torch.randn(1, 4, dtype=torch.float64)
     monkeypatch.setattr(gold, "cores", lambda: 2)
-    parallel = nuts_posterior(decoder, x, preset="smoke", seed=5)
+    parallel = nuts_posterior(decoder, x, seed=5, draws=(60, 40))
     gold._CACHE.clear()
     monkeypatch.setattr(gold, "cores", lambda: 1)
-    sequential = nuts_posterior(decoder, x, preset="smoke", seed=5)
+    sequential = nuts_posterior(decoder, x, seed=5, draws=(60, 40))
     assert parallel is not sequential
     assert np.array_equal(parallel.z1, sequential.z1)
     assert np.array_equal(parallel.z2, sequential.z2)

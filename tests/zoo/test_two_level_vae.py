@@ -77,7 +77,7 @@ QUICK = dataclasses.replace(
 )
 
 
-@pytest.mark.slow  # about 20 s: three short trainings and four refits, each measured
+@pytest.mark.slow  # about 30 s: three short trainings, four refits and two NUTS runs
 def test_both_orders_and_the_one_layer_model_are_measured_per_layer(tmp_path):
     post = MODELS["two_level_vae"].example(0, hidden=(8,), encoder_hidden=(8,))
     short = {"window": 50, "min_steps": 100, "patience": 5, "batch_size": 10, "kl_warmup": 20}

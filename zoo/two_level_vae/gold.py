@@ -115,10 +115,12 @@ def _z1(decoder, e: torch.Tensor, z2: torch.Tensor | None) -> torch.Tensor:
 
 
 def nuts_posterior(decoder, x: torch.Tensor, *, preset: str = "smoke", seed: int = 0,
-                   mask: np.ndarray | None = None, progress: bool = False) -> GoldRun:  # fmt: skip
+                   mask: np.ndarray | None = None, progress: bool = False,
+                   draws: tuple[int, int] | None = None) -> GoldRun:  # fmt: skip
     """NUTS on p(z1, z2 | x) (or given the visible pixels of ``mask``) of every row of
-    ``x`` (rows, pixels) under ``decoder`` (float64 copies, on the CPU; memoized)."""
-    warmup, draws = GOLD_DRAWS[preset]
+    ``x`` (rows, pixels) under ``decoder`` (float64 copies, on the CPU; memoized); ``draws``
+    (warm-up, kept) per chain in place of the preset's."""
+    warmup, draws = draws or GOLD_DRAWS[preset]
     settings = (warmup, draws, GOLD_CHAINS, seed)
     key = _key(decoder, x, mask, settings)
     if key in _CACHE:
