@@ -11,6 +11,7 @@ Prints a table (run with `make bench`); nothing here is a timed test. Figures:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import tempfile
@@ -71,21 +72,38 @@ def main() -> int:
         f"{WARMUP}+{SAMPLES}"
     )
 
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        result = compare(post, methods=["nuts"], preset=preset, out_dir=tmp, seed=0)
-        zoo_wall = time.perf_counter() - start
-    rec = result.results["methods"]["nuts"]
-    zoo_ess = rec["diagnostics"]["ess_bulk_min"]
+    print("\nNUTS                                  wall s   min bulk ESS   ESS/s")
+    rates = {}
+    for parallel in (False, True):
+        label = "chains in parallel" if parallel else "one after another"
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            result = compare(
+                post,
+                methods=["nuts"],
+                out_dir=tmp,
+                seed=0,
+                preset=dataclasses.replace(preset, chains_in_parallel=parallel),
+            )
+            zoo_wall = time.perf_counter() - start  # fmt: skip
+        rec = result.results["methods"]["nuts"]
+        zoo_ess = rec["diagnostics"]["ess_bulk_min"]
+        rates[parallel] = zoo_ess / zoo_wall
+        print(
+            f"zoo, {label:<18} (sampling)   {rec['cost']['wall_s']:8.1f}   {zoo_ess:12.0f}   "
+            f"{zoo_ess / rec['cost']['wall_s']:5.1f}"
+        )
+        print(
+            f"zoo, {label:<18} (whole run)  {zoo_wall:8.1f}   {zoo_ess:12.0f}   "
+            f"{zoo_ess / zoo_wall:5.1f}"
+        )
+    print(f"whole-run ESS/s, in parallel / one after another: {rates[True] / rates[False]:.2f}")
     bare_wall, bare_ess = bare_pyro_nuts(post)
-    print("\nNUTS                       wall s   min bulk ESS   ESS/s")
-    print(
-        f"zoo compare (sampling)   {rec['cost']['wall_s']:8.1f}   {zoo_ess:12.0f}   "
-        f"{zoo_ess / rec['cost']['wall_s']:5.1f}"
-    )
-    print(f"zoo compare (whole run)  {zoo_wall:8.1f}   {zoo_ess:12.0f}   {zoo_ess / zoo_wall:5.1f}")
     bare_rate = bare_ess / bare_wall
-    print(f"bare Pyro NUTS           {bare_wall:8.1f}   {bare_ess:12.0f}   {bare_rate:5.1f}")
+    print(
+        f"bare Pyro NUTS, one after another       {bare_wall:8.1f}   {bare_ess:12.0f}   "
+        f"{bare_rate:5.1f}"
+    )
 
     print(
         "\nguide        steps  grad evals   wall s   steps/s"

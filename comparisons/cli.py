@@ -130,6 +130,12 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
         "--device", default="cpu", choices=["cpu", "cuda"], help="device for the neural models"
     )
     p.add_argument(
+        "--chains-in-parallel",
+        action=argparse.BooleanOptionalAction,
+        help="NUTS's chains in processes of their own, with the same draws as one after"
+        " another (default: where the machine has more than one core, on Linux)",
+    )
+    p.add_argument(
         "--checkpoint-dir",
         type=Path,
         help="folder where each SVI fit keeps a checkpoint (<method>.pt): the same command run"
@@ -507,6 +513,8 @@ def _preset(args: argparse.Namespace, spec, num_rows: int):
         amortized[key] = value
     if amortized:
         preset = dataclasses.replace(preset, guide_options={"amortized": amortized})
+    if args.chains_in_parallel is not None:
+        preset = dataclasses.replace(preset, chains_in_parallel=args.chains_in_parallel)
     if args.batch_size is None:
         return preset
     if not spec.minibatch:

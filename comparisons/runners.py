@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -25,7 +28,7 @@ from pyro.infer.autoguide import init_to_median, init_to_value
 from guides import GUIDES, Checkpoint, FitConfig, FitError, draw, fit_guide, get_guide
 from zoo import MODELS, MethodSpec, Posterior, ZooInputError, get_model
 from zoo.methods import CLOSED_FORM, METHOD_ALIASES, NUTS_METHOD
-from zoo.tensors import to_numpy
+from zoo.tensors import cores, to_numpy
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,9 @@ class Preset:
 
     ``nuts_budget`` caps NUTS (:class:`NutsBudget`); the SVI and L-BFGS fits are capped by
     ``fit.num_steps`` and ``fit.max_seconds``. A method stopped at its budget is reported as
-    stopped, with the reason in its verdict."""
+    stopped, with the reason in its verdict. ``chains_in_parallel``: NUTS's chains in
+    processes of their own (:func:`chain_workers`; the same draws as one after another);
+    None: where the machine has the cores."""
 
     name: str
     num_chains: int
@@ -78,6 +83,7 @@ class Preset:
     fit: FitConfig
     guide_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     nuts_budget: NutsBudget = field(default_factory=NutsBudget)
+    chains_in_parallel: bool | None = None
 
 
 #: The NUTS budgets leave room over the costliest healthy runs seen: with 2 chains of
@@ -174,6 +180,9 @@ class _Guard:
     start: float = field(default_factory=time.perf_counter)
     chain: int = 0
     grad_evals_before: int = 0  # spent by the chains that finished
+    whole: int | None = (
+        None  # a forked chain's: the run's gradient budget, of which it has its share
+    )
 
     def check(self, kernel: _CountingNUTS) -> None:
         """Raise :class:`_Stopped` when the run is over its budget or cannot do its job."""
@@ -197,6 +206,11 @@ class _Guard:
         )
         if b.max_grad_evals is not None and spent > b.max_grad_evals:
             budget = f"{b.max_grad_evals:,} gradient evaluations"
+            if self.whole is not None:
+                budget = (
+                    f"{self.whole:,} gradient evaluations ({b.max_grad_evals:,} for each of"
+                    f" its {self.num_chains} chains, run in parallel)"
+                )
         elif b.max_seconds is not None and seconds > b.max_seconds:
             budget = f"{b.max_seconds:g} s"
         else:
@@ -311,6 +325,10 @@ def run_nuts(posterior, method=NUTS_METHOD, *, seed, preset, progress=False) -> 
     more = {k: max(int(v), getattr(preset, k)) for k, v in method.options.items()
             if k in ("num_samples", "num_warmup")}  # fmt: skip
     preset = dataclasses.replace(preset, **more) if more else preset
+    workers = chain_workers(preset)
+    if workers > 1:
+        return _run_nuts_forked(posterior, method, seed=seed, preset=preset, workers=workers,
+                                progress=progress)  # fmt: skip
     chains: list[dict[str, np.ndarray]] = []
     stats: dict[str, list[np.ndarray]] = {"n_steps": [], "diverging": [], "step_size": []}
     guard = _Guard(preset.nuts_budget, preset.num_chains, preset.num_warmup, preset.num_samples)
@@ -327,6 +345,100 @@ def run_nuts(posterior, method=NUTS_METHOD, *, seed, preset, progress=False) -> 
             stats[key].append(np.array([s[i] for s in kept]))
         guard.grad_evals_before += kernel.grad_evals
     return _nuts_result(method.name, chains, stats, guard, preset, kernel._max_tree_depth)
+
+
+def chain_workers(preset: Preset) -> int:
+    """The processes NUTS's chains run in: one per chain where ``preset.chains_in_parallel``
+    is True; where it is None (the default), one per chain up to the cores this process may
+    use. Chains are forked, so on Linux only. 1: one after another."""
+    wanted = preset.chains_in_parallel
+    if wanted is False or preset.num_chains < 2 or sys.platform != "linux":
+        return 1
+    return preset.num_chains if wanted else max(1, min(cores(), preset.num_chains))
+
+
+@dataclass
+class _ChainStats:
+    """What a chain's kernel reports (a forked chain sends it back in place of the kernel)."""
+
+    per_draw: list[tuple[int, bool, float]]
+    grad_evals: int
+    initial_step_size: float
+    _max_tree_depth: int
+
+
+#: The posterior and settings of the NUTS run whose chains are being forked: set before the
+#: processes fork, so they inherit it rather than unpickle it (a posterior holds closures).
+_FORKED: dict[str, tuple] = {}
+
+
+def _forked_chain(chain: int):
+    """One chain of the run in :data:`_FORKED`, on one thread, with its share of the
+    budget: ("done" or "stopped", the draws or the reason, the kernel's statistics)."""
+    posterior, seed, preset = _FORKED["run"]
+    torch.set_num_threads(1)
+    budget = preset.nuts_budget
+    share = dataclasses.replace(
+        budget,
+        max_grad_evals=None
+        if budget.max_grad_evals is None
+        else budget.max_grad_evals // preset.num_chains,
+    )
+    guard = _Guard(share, preset.num_chains, preset.num_warmup, preset.num_samples,
+                   whole=budget.max_grad_evals)  # fmt: skip
+    try:
+        samples, kernel = _nuts_chain(
+            posterior, chain, seed=seed, preset=preset, guard=guard, progress=False
+        )
+    except _Stopped as stop:
+        return "stopped", str(stop), _stats(stop.kernel)
+    return "done", samples, _stats(kernel)
+
+
+def _stats(kernel) -> _ChainStats:
+    return _ChainStats(list(kernel.per_draw), kernel.grad_evals,
+                       getattr(kernel, "initial_step_size", float("nan")),
+                       kernel._max_tree_depth)  # fmt: skip
+
+
+def _run_nuts_forked(posterior, method, *, seed, preset, workers, progress) -> MethodRun:
+    """The chains of :func:`run_nuts` in ``workers`` forked processes, each on one thread:
+    the same seeds, so the same draws as one after another. Each chain has its share of
+    the gradient budget (a run stopped at its budget may stop at another draw than in
+    order), and the wall-time budget applies to each."""
+    guard = _Guard(preset.nuts_budget, preset.num_chains, preset.num_warmup, preset.num_samples)
+    _FORKED["run"] = (posterior, seed, preset)
+    try:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(_forked_chain, c): c for c in range(preset.num_chains)}
+            done = {}
+            for future in as_completed(futures):
+                done[futures[future]] = future.result()
+                if progress:
+                    print(f"zoo: nuts chain {futures[future] + 1} of {preset.num_chains}"
+                          f" finished at {time.perf_counter() - guard.start:.1f} s",
+                          file=sys.stderr, flush=True)  # fmt: skip
+    finally:
+        _FORKED.clear()
+    results = [done[c] for c in range(preset.num_chains)]
+    for c, (status, value, stats) in enumerate(results):
+        if status == "stopped":
+            guard.chain = c
+            guard.grad_evals_before = sum(r[2].grad_evals for i, r in enumerate(results) if i != c)
+            run = _stopped_nuts(method.name, value, stats, guard, preset)
+            run.diagnostics["chains_in_parallel"] = workers
+            return run
+    stats: dict[str, list[np.ndarray]] = {"n_steps": [], "diverging": [], "step_size": []}
+    for _, _, chain_stats in results:
+        kept = chain_stats.per_draw[-preset.num_samples :]
+        for i, key in enumerate(("n_steps", "diverging", "step_size")):
+            stats[key].append(np.array([s[i] for s in kept]))
+    guard.grad_evals_before = sum(r[2].grad_evals for r in results)
+    run = _nuts_result(method.name, [r[1] for r in results], stats, guard, preset,
+                       results[0][2]._max_tree_depth)  # fmt: skip
+    run.diagnostics["chains_in_parallel"] = workers
+    return run
 
 
 def _nuts_result(name, chains, stats, guard: _Guard, preset: Preset, max_depth: int) -> MethodRun:

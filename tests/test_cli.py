@@ -677,3 +677,15 @@ def test_a_run_naming_no_preset_takes_the_models_default(model, preset, tmp_path
     args = cli_module.build_parser().parse_args(["compare", model, "--out-dir", str(tmp_path)])
     cli_module._check(args)
     assert args.preset == preset == MODELS[model].default_preset
+
+
+@pytest.mark.parametrize(
+    "flag, expected",
+    [([], None), (["--chains-in-parallel"], True), (["--no-chains-in-parallel"], False)],
+)
+def test_the_chains_run_in_parallel_as_asked(flag, expected, tmp_path):
+    argv = ["compare", "linear_regression", "--out-dir", str(tmp_path), *flag]
+    args = cli_module.build_parser().parse_args(argv)
+    cli_module._check(args)
+    preset = cli_module._preset(args, MODELS["linear_regression"], 100)
+    assert preset.chains_in_parallel is expected

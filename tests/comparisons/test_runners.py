@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -43,9 +45,43 @@ def _target(model) -> SimpleNamespace:
     )
 
 
-def _preset(budget: NutsBudget, num_warmup: int = 30, num_samples: int = 20):
+def _preset(budget: NutsBudget, num_warmup: int = 30, num_samples: int = 20, parallel=False):
+    """Chains one after another unless ``parallel``: the budget is spent in their order."""
     return dataclasses.replace(
-        TINY, num_warmup=num_warmup, num_samples=num_samples, nuts_budget=budget
+        TINY, num_warmup=num_warmup, num_samples=num_samples, nuts_budget=budget,
+        chains_in_parallel=parallel,
+    )  # fmt: skip
+
+
+LINUX_ONLY = pytest.mark.skipif(
+    sys.platform != "linux", reason="chains are forked on Linux only; elsewhere they run in turn"
+)
+
+
+@LINUX_ONLY
+def test_chains_in_parallel_processes_draw_what_they_draw_one_after_another():
+    sequential = run_nuts(_target(_normal), seed=3, preset=_preset(NutsBudget()))
+    parallel = run_nuts(_target(_normal), seed=3, preset=_preset(NutsBudget(), parallel=True))
+    assert parallel.diagnostics["chains_in_parallel"] == 2
+    assert "chains_in_parallel" not in sequential.diagnostics
+    assert np.array_equal(parallel.draws["x"], sequential.draws["x"])
+    for key in ("n_steps", "diverging", "step_size"):
+        assert np.array_equal(parallel.sample_stats[key], sequential.sample_stats[key]), key
+    assert parallel.cost["grad_evals"] == sequential.cost["grad_evals"]
+
+
+@LINUX_ONLY
+def test_a_parallel_chain_stopped_at_its_share_of_the_budget_stops_the_run():
+    one = dataclasses.replace(_preset(NutsBudget()), num_chains=1)
+    spent = run_nuts(_target(_normal), seed=0, preset=one).cost["grad_evals"]
+    # Each of the 2 chains gets half of the budget: chain 1 needs ``spent``, more than half.
+    budget = NutsBudget(max_grad_evals=spent + 5)
+    run = run_nuts(_target(_normal), seed=0, preset=_preset(budget, parallel=True))
+    assert run.stopped and run.diagnostics["stopped_chain"] == 1, run.error
+    assert run.diagnostics["chains_in_parallel"] == 2
+    assert run.error.startswith(
+        f"stopped at its budget of {spent + 5:,} gradient evaluations ({(spent + 5) // 2:,} for"
+        " each of its 2 chains, run in parallel) after"
     )
 
 
