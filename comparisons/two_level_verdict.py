@@ -20,7 +20,10 @@ def _diag(results: dict, method: str) -> dict:
 
 
 def _num(value) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
+    """A number as it will be printed to 2 decimals (no "-0.00"), None if it is none."""
+    if not isinstance(value, int | float):
+        return None
+    return round(float(value), 2) + 0.0 if abs(value) < 0.005 else float(value)
 
 
 def refit_sentences(results: dict) -> list[str]:
@@ -185,7 +188,8 @@ def _texture_sentences(d: dict) -> list[str]:
     k2 = int(top.get("active_z2", 0)) + int(top.get("collapsed_z2", 0))
     return [
         f"Textures against phase-scrambled copies (top-down): V1's median modulation index"
-        f" {top['texture_mi_z1']:.2f}, V2's {top['texture_mi_z2']:.2f} (macaque V1 is near 0,"
+        f" {_num(top['texture_mi_z1']):.2f}, V2's {_num(top['texture_mi_z2']):.2f} (macaque V1"
+        " is near 0,"
         f" V2 above); the texture family is decoded from V2 with accuracy"
         f" {top['texture_decoding_z2']:.2f}, from V1's first {k2} principal components"
         f" {top['texture_decoding_z1_pca']:.2f} and from all of V1"
