@@ -328,7 +328,9 @@ def _nuts_chain(posterior: Posterior, chain: int, *, seed: int, preset: Preset, 
 def run_nuts(posterior, method=NUTS_METHOD, *, seed, preset, progress=False) -> MethodRun:
     """Pyro NUTS (JIT-compiled potential), chain c with seed ``seed + c``, in processes of
     their own where the machine has the cores (:func:`chain_workers`) or one after another:
-    the same draws either way, so the result does not depend on the number of cores. The
+    the same draws either way, so the result does not depend on the number of cores (but
+    a run near its gradient budget may stop in one way and not in the other: in processes
+    each chain has an equal share of it, in turn the chains spend it in order). The
     mass matrix is dense for a posterior of at most ``preset.dense_mass_up_to``
     coordinates, else diagonal (``diagnostics["mass_matrix"]`` says which).
 
@@ -402,6 +404,8 @@ def chain_workers(preset: Preset) -> int:
     wanted = preset.chains_in_parallel
     if wanted is False or preset.num_chains < 2 or sys.platform != "linux":
         return 1
+    if torch.cuda.is_initialized():  # a forked child cannot use CUDA again
+        return 1
     return preset.num_chains if wanted else max(1, min(cores(), preset.num_chains))
 
 
@@ -423,7 +427,7 @@ _FORKED: dict[str, tuple] = {}
 def _forked_chain(chain: int):
     """One chain of the run in :data:`_FORKED`, on one thread, with its share of the
     budget: ("done" or "stopped", the draws or the reason, the kernel's statistics)."""
-    posterior, seed, preset = _FORKED["run"]
+    posterior, seed, preset, start = _FORKED["run"]
     torch.set_num_threads(1)
     budget = preset.nuts_budget
     share = dataclasses.replace(
@@ -433,7 +437,7 @@ def _forked_chain(chain: int):
         else budget.max_grad_evals // preset.num_chains,
     )
     guard = _Guard(share, preset.num_chains, preset.num_warmup, preset.num_samples,
-                   whole=budget.max_grad_evals)  # fmt: skip
+                   start=start, whole=budget.max_grad_evals)  # the run's clock  # fmt: skip
     try:
         samples, kernel = _nuts_chain(
             posterior, chain, seed=seed, preset=preset, guard=guard, progress=False
@@ -455,7 +459,7 @@ def _run_nuts_forked(posterior, method, *, seed, preset, workers, progress) -> M
     the gradient budget (a run stopped at its budget may stop at another draw than in
     order), and the wall-time budget applies to each."""
     guard = _Guard(preset.nuts_budget, preset.num_chains, preset.num_warmup, preset.num_samples)
-    _FORKED["run"] = (posterior, seed, preset)
+    _FORKED["run"] = (posterior, seed, preset, guard.start)
     try:
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
@@ -463,17 +467,26 @@ def _run_nuts_forked(posterior, method, *, seed, preset, workers, progress) -> M
             done = {}
             for future in as_completed(futures):
                 done[futures[future]] = future.result()
+                if done[futures[future]][0] == "stopped":  # the run is stopped: start no more
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    break
                 if progress:
                     print(f"zoo: nuts chain {futures[future] + 1} of {preset.num_chains}"
                           f" finished at {time.perf_counter() - guard.start:.1f} s",
                           file=sys.stderr, flush=True)  # fmt: skip
     finally:
         _FORKED.clear()
-    results = [done[c] for c in range(preset.num_chains)]
-    for c, (status, value, stats) in enumerate(results):
-        if status == "stopped":
+    for future, c in futures.items():  # chains that finished while the pool shut down
+        if c not in done and future.done() and not future.cancelled():
+            done[c] = future.result()
+    results = [done.get(c) for c in range(preset.num_chains)]
+    for c, found in enumerate(results):
+        if found is not None and found[0] == "stopped":
+            _, value, stats = found
             guard.chain = c
-            guard.grad_evals_before = sum(r[2].grad_evals for i, r in enumerate(results) if i != c)
+            guard.grad_evals_before = sum(
+                r[2].grad_evals for i, r in enumerate(results) if i != c and r is not None
+            )
             run = _stopped_nuts(method.name, value, stats, guard, preset)
             run.diagnostics["chains_in_parallel"] = workers
             return run

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib import ticker
 
 from comparisons.metrics import ESS_BULK_MIN, KHAT_BAD, RHAT_MAX
+from comparisons.two_level_verdict import sd_kind, slope_ceiling
 from comparisons.vae_figures import (
     BASELINES,
     FONT,
@@ -495,7 +496,7 @@ def _gold_numbers(diag: dict) -> dict[str, float]:
 
 def _sd_text(ratio: float, noise: float) -> str:
     """Over- or under-confident, and by what factor, from the median sd ratio."""
-    if math.isfinite(noise) and abs(math.log(ratio)) <= noise:
+    if sd_kind(ratio, noise) == "right":
         return f"sds about right (median ratio {ratio:.2f}, within NUTS's noise)"
     if ratio < 1:
         return f"over-confident, sds {1 / ratio:.1f} times too small (median ratio {ratio:.2f})"
@@ -514,10 +515,7 @@ def _layer_text(n: dict[str, float], site: str) -> str | None:
 def _slope_ceiling(n: dict[str, float]) -> float:
     """The slope a guide holding NUTS's correlations exactly would show: the noise of NUTS's
     own correlations (about ``gold_noise`` each) dilutes it to 1 - (noise / RMS)^2."""
-    rms, noise = n["gold_z1_corr_nuts_rms"], n["gold_noise"]
-    if not (math.isfinite(rms) and math.isfinite(noise)) or rms <= 0:
-        return math.nan
-    return max(0.0, 1.0 - (noise / rms) ** 2)
+    return slope_ceiling(n["gold_z1_corr_nuts_rms"], n["gold_noise"])
 
 
 def _corr_text(method: str, n: dict[str, float]) -> str | None:

@@ -5,13 +5,28 @@ numbers it states, none where they are missing)."""
 from __future__ import annotations
 
 import html
+import math
 
 #: The two guide orders as the main comparison names them.
 ORDERS = {"amortized_chain": "the chain", "amortized_top_down": "top-down"}
 #: NUTS's correlations within this many times its noise are called noise (as the figure's).
 NOISE_FACTOR = 1.5
-#: An sd ratio farther than this from 1 is called over- or under-confident.
-SD_BAND = (0.8, 1.25)
+
+
+def sd_kind(ratio: float, noise: float | None) -> str:
+    """ "right" where a guide's median sd ratio to NUTS's is 1 within NUTS's noise (|log
+    ratio| at most ``gold_noise``), else "over-confident" (below) or "under-confident"."""
+    if noise is not None and math.isfinite(noise) and abs(math.log(ratio)) <= noise:
+        return "right"
+    return "over-confident" if ratio < 1 else "under-confident"
+
+
+def slope_ceiling(rms: float, noise: float) -> float:
+    """The slope a guide holding NUTS's correlations exactly would show: the noise of NUTS's
+    own correlations (about ``noise`` each) dilutes it to 1 - (noise / RMS)^2."""
+    if not (math.isfinite(rms) and math.isfinite(noise)) or rms <= 0:
+        return math.nan
+    return max(0.0, 1.0 - (noise / rms) ** 2)
 
 
 def _diag(results: dict, method: str) -> dict:
@@ -105,9 +120,7 @@ def _gold_sentences(d: dict) -> list[str]:
     rows = d["amortized_chain"].get("gold_rows")
     words = []
     for m, r in ratios.items():
-        kind = (
-            "over-confident" if r < SD_BAND[0] else "under-confident" if r > SD_BAND[1] else "right"
-        )
+        kind = sd_kind(r, _num(d[m].get("gold_noise")))
         words.append(f"{ORDERS[m]}'s V1 sds are {r:.2f} times NUTS's ({kind})")
     out.append(
         f"Against NUTS on {rows} held-out patch{'' if rows == 1 else 'es'} under each model's"
@@ -117,10 +130,13 @@ def _gold_sentences(d: dict) -> list[str]:
     nuts_rms = _num(d["amortized_top_down"].get("gold_z1_corr_nuts_rms"))
     noise = _num(d["amortized_top_down"].get("gold_noise"))
     if all(s is not None for s in slopes.values()) and nuts_rms is not None:
+        ceiling = slope_ceiling(nuts_rms, noise) if noise is not None else math.nan
         carried = (
-            f"the chain carries {slopes['amortized_chain']:.2f} of them (0 by construction)"
-            f" and top-down {slopes['amortized_top_down']:.2f}"
+            f"the slope of the guide's on NUTS's is {slopes['amortized_chain']:.2f} for the"
+            f" chain (0 by construction) and {slopes['amortized_top_down']:.2f} for top-down"
         )
+        if math.isfinite(ceiling):
+            carried += f", where a guide holding all of them would show about {ceiling:.2f}"
         if noise is not None and nuts_rms <= NOISE_FACTOR * noise:
             out.append(
                 f"NUTS's correlations between V1 units have an RMS of {nuts_rms:.2f}, no more"
@@ -148,8 +164,10 @@ def _inpaint_sentences(results: dict, d: dict) -> list[str]:
         return []
     gauss = _num(_diag(results, "ml_gaussian").get("inpaint_rmse"))
     worse = [ORDERS[m] for m, v in rmse.items() if v >= zero]
+    hidden = d["amortized_chain"].get("inpaint_hidden")
+    block = f"{math.isqrt(int(hidden))}x{math.isqrt(int(hidden))}" if hidden else "block"
     text = (
-        f"Inpainting the central 4x4 of held-out patches: RMSE {rmse['amortized_chain']:.2f}"
+        f"Inpainting the central {block} of held-out patches: RMSE {rmse['amortized_chain']:.2f}"
         f" (chain) and {rmse['amortized_top_down']:.2f} (top-down) against {zero:.2f} for"
         " predicting 0"
     )

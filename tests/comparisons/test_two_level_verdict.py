@@ -9,7 +9,7 @@ def _results(**extra) -> dict:
     base = {
         "measured_rows": 200, "iw_khat_bad": 0, "active_z1": 144, "collapsed_z1": 0,
         "kl_z1": 80.0, "gold_rows": 1, "gold_noise": 0.07, "gold_rhat_max": 1.005,
-        "gold_z1_corr_nuts_rms": 0.10, "inpaint_rmse_zero": 0.90,
+        "gold_z1_corr_nuts_rms": 0.10, "inpaint_rmse_zero": 0.90, "inpaint_hidden": 16,
     }  # fmt: skip
     chain = {**base, "elbo_test": -130.0, "active_z2": 1, "collapsed_z2": 15, "kl_z2": 2.0,
              "gold_z1_sd_ratio_median": 0.47, "gold_z1_corr_slope": 0.0,
@@ -35,8 +35,12 @@ def test_the_verdict_says_what_the_numbers_say():
     assert "the chain keeps 1 of 16 units active, top-down 10" in text
     assert "Against NUTS on 1 held-out patch under" in text
     assert "the chain's V1 sds are 0.47 times NUTS's (over-confident)" in text
-    assert "top-down's V1 sds are 1.02 times NUTS's (right)" in text
-    assert "the chain carries 0.00 of them (0 by construction) and top-down 0.40" in text
+    assert "top-down's V1 sds are 1.02 times NUTS's (right)" in text  # |log 1.02| < 0.07
+    assert "(over-confident)" in " ".join(sentences(_results(gold_z1_sd_ratio_median=0.85)))
+    assert "central 4x4" in text
+    assert "0.00 for the chain (0 by construction) and 0.40 for top-down" in text
+    # 1 - (0.07 / 0.10)^2: what a guide holding every correlation would show, through noise.
+    assert "a guide holding all of them would show about 0.51" in text
     # NUTS's correlations (RMS 0.10) within 1.5 times its noise (0.07): no claim on them.
     assert "this run cannot say whether the true posterior correlates V1 units" in text
     clear = " ".join(sentences(_results(gold_z1_corr_nuts_rms=0.3)))

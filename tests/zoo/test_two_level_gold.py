@@ -112,3 +112,27 @@ def test_chains_in_parallel_processes_give_the_draws_of_a_run_one_after_another(
     assert parallel is not sequential
     assert np.array_equal(parallel.z1, sequential.z1)
     assert np.array_equal(parallel.z2, sequential.z2)
+
+
+def test_a_measurement_that_fails_is_reported_and_the_others_go_on(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    import zoo.two_level_vae.evaluate as ev
+
+    def broken(*args):
+        raise np.linalg.LinAlgError("Singular matrix")
+
+    monkeypatch.setattr(ev, "_sampler", lambda fitted, x: ("decoder", "sample"))
+    monkeypatch.setattr(ev, "_measure", lambda *a: {"metrics": {}, "diagnostics": {}, "arrays": {}})
+    monkeypatch.setattr(ev, "_fields", broken)
+    monkeypatch.setattr(ev, "_textures", lambda *a: {"diagnostics": {"texture_mi_z1": 0.0}})
+    monkeypatch.setattr(ev, "_inpainting", lambda *a: {})
+    monkeypatch.setattr(ev, "_gold", lambda *a: {})
+    post = SimpleNamespace(test_data={"x": torch.zeros(3, 4)})
+    run = SimpleNamespace(method="amortized_chain", fitted=object())
+    out = ev.evaluate(post, run, images=None, gold=None)
+    assert out["diagnostics"] == {
+        "gabor_error": "LinAlgError: Singular matrix",
+        "texture_mi_z1": 0.0,
+    }
+    assert "amortized_chain: the gabor measurement failed" in caplog.text

@@ -16,6 +16,7 @@ held-out patches, in float64 copies of its networks.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable
 
@@ -41,6 +42,8 @@ from zoo.two_level_vae.gold import (
 from zoo.two_level_vae.textures import texture_study
 from zoo.vae.bounds import IW_SAMPLES, KHAT_BAD, chunks, summarize
 from zoo.vae.data import ImageData
+
+logger = logging.getLogger(__name__)
 
 #: Held-out rows measured (5000 draws each through two perceptrons and Phi).
 MEASURED_ROWS = 200
@@ -138,16 +141,29 @@ def evaluate(posterior, run, *, images: ImageData, gold: str | None = "smoke") -
         return {}
     with all_cores():
         out = _measure(*found, x, run)
-        for extra in (_fields(found[0], images), _textures(*found, images),
-                      _inpainting(*found, x), _gold(*found, x, gold)):  # fmt: skip
+        extras = {
+            "gabor": lambda: _fields(found[0], images),
+            "texture": lambda: _textures(*found, images),
+            "inpaint": lambda: _inpainting(*found, x, images),
+            "gold": lambda: _gold(*found, x, gold, images),
+        }
+        for name, measure in extras.items():
+            try:
+                extra = measure()
+            except Exception as exc:  # noqa: BLE001 - reported, and the other measures go on
+                message = f"{type(exc).__name__}: {exc}"
+                logger.warning("%s: the %s measurement failed: %s", run.method, name, message)
+                out["diagnostics"][f"{name}_error"] = message
+                continue
             out["diagnostics"].update(extra.get("diagnostics", {}))
             out["arrays"].update(extra.get("arrays", {}))
         return out
 
 
 def _side(images: ImageData) -> int | None:
+    """The side of square patches of at least 3x3 (what the fields and inpainting need)."""
     shape = images.image_shape
-    return shape[0] if len(shape) == 2 and shape[0] == shape[1] else None
+    return shape[0] if len(shape) == 2 and shape[0] == shape[1] and shape[0] >= 3 else None
 
 
 def _fields(decoder, images: ImageData) -> dict:
@@ -173,9 +189,9 @@ def _textures(decoder, sample: Sampler, images: ImageData) -> dict:
     return texture_study(means, size=PATCH_SIZE)
 
 
-def _inpainting(decoder, sample: Sampler, x: torch.Tensor) -> dict:
-    """The guide's prediction of the central block of held-out patches."""
-    if _square(x.shape[1]) is None:
+def _inpainting(decoder, sample: Sampler, x: torch.Tensor, images: ImageData) -> dict:
+    """The guide's prediction of the central block of held-out patches (square ones)."""
+    if _side(images) is None:
         return {}
     visible = central_mask(x.shape[1])
     rows = x[:INPAINT_ROWS]
@@ -198,7 +214,7 @@ def _inpainting(decoder, sample: Sampler, x: torch.Tensor) -> dict:
 
 def _gaussian_inpainting(images: ImageData, x: torch.Tensor) -> dict:
     """The full Gaussian's conditional mean of the central block, for the same rows."""
-    if _square(x.shape[1]) is None:
+    if _side(images) is None:
         return {}
     visible = central_mask(x.shape[1])
     rows = to_numpy(x[:INPAINT_ROWS])
@@ -211,12 +227,7 @@ def _gaussian_inpainting(images: ImageData, x: torch.Tensor) -> dict:
     }
 
 
-def _square(pixels: int) -> int | None:
-    side = int(round(pixels**0.5))
-    return side if side * side == pixels and side >= 3 else None
-
-
-def _gold(decoder, sample: Sampler, x: torch.Tensor, preset: str | None) -> dict:
+def _gold(decoder, sample: Sampler, x: torch.Tensor, preset: str | None, images) -> dict:
     """The guide against NUTS on the first held-out rows (two-level models only), and NUTS's
     inpainting of the same rows' central block beside the guide's."""
     if preset is None or not decoder.v2_units:
@@ -225,7 +236,7 @@ def _gold(decoder, sample: Sampler, x: torch.Tensor, preset: str | None) -> dict
     gold = nuts_posterior(decoder, rows, preset=preset)
     out = against_nuts(sample, rows, gold)
     out["diagnostics"].update(gold.diagnostics)
-    if _square(x.shape[1]) is not None:
+    if _side(images) is not None:
         visible = central_mask(x.shape[1])
         masked = nuts_posterior(decoder, rows, preset=preset, mask=visible)
         truth = to_numpy(rows)[:, ~visible]
