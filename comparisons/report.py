@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib
 import json
 import warnings
 from pathlib import Path
@@ -952,13 +953,14 @@ def _columns_legend(columns: list[tuple[str, str, str]], results: dict) -> str:
     )
 
 
-def _model_verdict_html(results: dict) -> str:
-    """A model's verdict in words, where the model has one (the two-level VAE's)."""
-    if results.get("model") != "two_level_vae":
-        return ""
-    from comparisons.two_level_verdict import verdict_html
+#: The module of each model that writes a verdict in words (``verdict_html(results)``).
+MODEL_VERDICTS = {"two_level_vae": "comparisons.two_level_verdict"}
 
-    return verdict_html(results)
+
+def _model_verdict_html(results: dict) -> str:
+    """The model's verdict in words, where it has one (:data:`MODEL_VERDICTS`)."""
+    module = MODEL_VERDICTS.get(results.get("model"))
+    return importlib.import_module(module).verdict_html(results) if module else ""
 
 
 def _follow_ups_html(results: dict) -> str:

@@ -284,7 +284,9 @@ class _CountingNUTS(NUTS):
         return z
 
 
-def _nuts_chain(posterior: Posterior, chain: int, *, seed: int, preset: Preset, guard, progress):
+def _nuts_chain(
+    posterior: Posterior, chain: int, *, seed: int, preset: Preset, full_mass: bool, guard, progress
+):
     """One chain of NUTS (seed ``seed + chain``); its draws and the kernel (per-draw stats,
     gradient evaluations). Raises :class:`_Stopped` where the guard stops it."""
     guard.chain = chain
@@ -296,7 +298,7 @@ def _nuts_chain(posterior: Posterior, chain: int, *, seed: int, preset: Preset, 
         init = init_to_value(values=dict(posterior.init_values(seed + chain)), fallback=init)
     kernel = _CountingNUTS(
         posterior.forms.sample,
-        full_mass=mass_matrix(posterior, preset) == "dense",
+        full_mass=full_mass,
         jit_compile=True,
         ignore_jit_warnings=True,
         init_strategy=init,
@@ -346,17 +348,17 @@ def run_nuts(posterior, method=NUTS_METHOD, *, seed, preset, progress=False) -> 
             if k in ("num_samples", "num_warmup")}  # fmt: skip
     preset = dataclasses.replace(preset, **more) if more else preset
     workers = chain_workers(preset)
+    mass = mass_matrix(posterior, preset)
+    settings = {"seed": seed, "preset": preset, "full_mass": mass == "dense"}
     if workers > 1:
-        run = _run_nuts_forked(posterior, method, seed=seed, preset=preset, workers=workers,
-                               progress=progress)  # fmt: skip
-        run.diagnostics["mass_matrix"] = mass_matrix(posterior, preset)
-        return run
-    run = _run_nuts_in_turn(posterior, method, seed=seed, preset=preset, progress=progress)
-    run.diagnostics["mass_matrix"] = mass_matrix(posterior, preset)
+        run = _run_nuts_forked(posterior, method, workers=workers, progress=progress, **settings)
+    else:
+        run = _run_nuts_in_turn(posterior, method, progress=progress, **settings)
+    run.diagnostics["mass_matrix"] = mass
     return run
 
 
-def _run_nuts_in_turn(posterior, method, *, seed, preset, progress) -> MethodRun:
+def _run_nuts_in_turn(posterior, method, *, seed, preset, full_mass, progress) -> MethodRun:
     """The chains of :func:`run_nuts` one after another, in this process."""
     chains: list[dict[str, np.ndarray]] = []
     stats: dict[str, list[np.ndarray]] = {"n_steps": [], "diverging": [], "step_size": []}
@@ -364,8 +366,9 @@ def _run_nuts_in_turn(posterior, method, *, seed, preset, progress) -> MethodRun
     for chain in range(preset.num_chains):
         try:
             samples, kernel = _nuts_chain(
-                posterior, chain, seed=seed, preset=preset, guard=guard, progress=progress
-            )
+                posterior, chain, seed=seed, preset=preset, full_mass=full_mass, guard=guard,
+                progress=progress,
+            )  # fmt: skip
         except _Stopped as stop:
             return _stopped_nuts(method.name, str(stop), stop.kernel, guard, preset)
         chains.append(samples)
@@ -427,7 +430,7 @@ _FORKED: dict[str, tuple] = {}
 def _forked_chain(chain: int):
     """One chain of the run in :data:`_FORKED`, on one thread, with its share of the
     budget: ("done" or "stopped", the draws or the reason, the kernel's statistics)."""
-    posterior, seed, preset, start = _FORKED["run"]
+    posterior, seed, preset, full_mass, start = _FORKED["run"]
     torch.set_num_threads(1)
     budget = preset.nuts_budget
     share = dataclasses.replace(
@@ -439,9 +442,8 @@ def _forked_chain(chain: int):
     guard = _Guard(share, preset.num_chains, preset.num_warmup, preset.num_samples,
                    start=start, whole=budget.max_grad_evals)  # the run's clock  # fmt: skip
     try:
-        samples, kernel = _nuts_chain(
-            posterior, chain, seed=seed, preset=preset, guard=guard, progress=False
-        )
+        samples, kernel = _nuts_chain(posterior, chain, seed=seed, preset=preset,
+                                      full_mass=full_mass, guard=guard, progress=False)  # fmt: skip
     except _Stopped as stop:
         return "stopped", str(stop), _stats(stop.kernel)
     return "done", samples, _stats(kernel)
@@ -453,13 +455,13 @@ def _stats(kernel) -> _ChainStats:
                        kernel._max_tree_depth)  # fmt: skip
 
 
-def _run_nuts_forked(posterior, method, *, seed, preset, workers, progress) -> MethodRun:
+def _run_nuts_forked(posterior, method, *, seed, preset, full_mass, workers, progress):
     """The chains of :func:`run_nuts` in ``workers`` forked processes, each on one thread:
     the same seeds, so the same draws as one after another. Each chain has its share of
     the gradient budget (a run stopped at its budget may stop at another draw than in
     order), and the wall-time budget applies to each."""
     guard = _Guard(preset.nuts_budget, preset.num_chains, preset.num_warmup, preset.num_samples)
-    _FORKED["run"] = (posterior, seed, preset, guard.start)
+    _FORKED["run"] = (posterior, seed, preset, full_mass, guard.start)
     try:
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:

@@ -26,6 +26,7 @@ to the training patches predicts by its conditional mean, the best linear predic
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import multiprocessing
@@ -131,8 +132,7 @@ def nuts_posterior(decoder, x: torch.Tensor, *, preset: str = "smoke", seed: int
     if mask is not None:
         visible = torch.as_tensor(mask, dtype=torch.float64)
     start = time.perf_counter()
-    with _streams_kept(x):
-        z1s, z2s, steps, divergent = _sample_rows(dec, xs, visible, warmup, draws, seed, progress)
+    z1s, z2s, steps, divergent = _sample_rows(dec, xs, visible, warmup, draws, seed, progress)
     z1 = np.stack(z1s)
     z2 = np.stack(z2s) if z2s else None
     sites = {"z1": z1, **({"z2": z2} if z2 is not None else {})}
@@ -217,8 +217,6 @@ def _chain(task) -> tuple[np.ndarray, np.ndarray | None, float, int]:
 
 
 def _cpu64(decoder):
-    import copy
-
     return copy.deepcopy(decoder).to("cpu", torch.float64).requires_grad_(False)
 
 
