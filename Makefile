@@ -34,7 +34,10 @@ test: $(VENV)/.installed-test
 test-fast: $(VENV)/.installed-test
 	$(PYTEST) -m "not slow"
 
+# The NumPyro side-by-side section runs where the bench extra is installed
+# ($(BIN)/pip install -e '.[bench]'), and says it is skipped where not.
 bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_numpyro.py
 	$(BIN)/python benchmarks/bench_linear_regression.py
 	$(BIN)/python benchmarks/bench_gmm.py
 	$(BIN)/python benchmarks/bench_vae.py

@@ -1,8 +1,9 @@
 """Cost of the zoo on linear regression with N=1000 rows and D=10 features.
 
 Prints a table (run with `make bench`); nothing here is a timed test. Figures:
-1. NUTS bulk ESS per second through `zoo` (comparisons.compare) and through a bare Pyro
-   NUTS call on the same model, data, chains and seeds;
+1. NUTS bulk ESS per second through `zoo` (comparisons.compare: the zoo's batched `nuts`,
+   and `pyro_nuts` with its chains in turn and in parallel) and through a bare Pyro NUTS
+   call on the same model, data, chains and seeds;
 2. steps per second of each guide's fit (SVI steps; L-BFGS iterations for delta and
    laplace);
 3. the zoo's own overhead (conversion, log-likelihood, metrics, report) as a share of the
@@ -62,7 +63,7 @@ def dense_mass_section() -> None:
     post = lr.make_posterior(
         frame, target="kid_score", features=["mom_hs", "mom_iq", "mom_hs_x_mom_iq"]
     )
-    print("\nkidiq with mom_hs x mom_iq, smoke preset (4 chains x 300 + 300), chains in parallel")
+    print("\nkidiq with mom_hs x mom_iq, smoke preset (4 chains x 300 + 300), the zoo's nuts")
     print("mass matrix   wall s (whole run)   min bulk ESS   ESS/s   grad evals")
     rates = {}
     for up_to, label in ((0, "diagonal"), (50, "dense")):
@@ -99,36 +100,40 @@ def main() -> int:
         f"{WARMUP}+{SAMPLES}"
     )
 
-    print("\nNUTS                                  wall s   min bulk ESS   ESS/s")
+    print("\nNUTS                                         wall s   min bulk ESS   ESS/s")
     rates = {}
-    for parallel in (False, True):
-        label = "chains in parallel" if parallel else "one after another"
+    runs = (("pyro_nuts", False, "Pyro's, one after another"),
+            ("pyro_nuts", True, "Pyro's, chains in parallel"),
+            ("nuts", None, "zoo's, chains batched"))  # fmt: skip
+    for method, parallel, label in runs:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             result = compare(
                 post,
-                methods=["nuts"],
+                methods=[method],
                 out_dir=tmp,
                 seed=0,
                 preset=dataclasses.replace(preset, chains_in_parallel=parallel),
             )
             zoo_wall = time.perf_counter() - start  # fmt: skip
-        rec = result.results["methods"]["nuts"]
+        rec = result.results["methods"][method]
         zoo_ess = rec["diagnostics"]["ess_bulk_min"]
-        rates[parallel] = zoo_ess / zoo_wall
+        rates[label] = zoo_ess / zoo_wall
         print(
-            f"zoo, {label:<18} (sampling)   {rec['cost']['wall_s']:8.1f}   {zoo_ess:12.0f}   "
+            f"{label:<28} (sampling)   {rec['cost']['wall_s']:8.1f}   {zoo_ess:12.0f}   "
             f"{zoo_ess / rec['cost']['wall_s']:5.1f}"
         )
         print(
-            f"zoo, {label:<18} (whole run)  {zoo_wall:8.1f}   {zoo_ess:12.0f}   "
+            f"{label:<28} (whole run)  {zoo_wall:8.1f}   {zoo_ess:12.0f}   "
             f"{zoo_ess / zoo_wall:5.1f}"
         )
-    print(f"whole-run ESS/s, in parallel / one after another: {rates[True] / rates[False]:.2f}")
+    base = rates["Pyro's, one after another"]
+    for label, rate in rates.items():
+        print(f"whole-run ESS/s, {label} / Pyro's one after another: {rate / base:.2f}")
     bare_wall, bare_ess = bare_pyro_nuts(post)
     bare_rate = bare_ess / bare_wall
     print(
-        f"bare Pyro NUTS, one after another       {bare_wall:8.1f}   {bare_ess:12.0f}   "
+        f"bare Pyro NUTS, one after another              {bare_wall:8.1f}   {bare_ess:12.0f}   "
         f"{bare_rate:5.1f}"
     )
 

@@ -24,12 +24,15 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import MCMC, NUTS
-from pyro.infer.autoguide import init_to_median, init_to_value
+from pyro.infer.autoguide import init_to_median, init_to_uniform, init_to_value
+from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.util import site_is_subsample
+from tqdm.auto import tqdm
 
+from comparisons.nuts import BatchedPotential, NotVectorized, Sampler
 from guides import GUIDES, Checkpoint, FitConfig, FitError, draw, fit_guide, get_guide
 from zoo import MODELS, MethodSpec, Posterior, ZooInputError, get_model
-from zoo.methods import CLOSED_FORM, METHOD_ALIASES, NUTS_METHOD
+from zoo.methods import CLOSED_FORM, METHOD_ALIASES, NUTS_METHOD, PYRO_NUTS_METHOD
 from zoo.tensors import cores, to_numpy
 
 
@@ -197,6 +200,7 @@ class _Guard:
     whole: int | None = (
         None  # a forked chain's: the run's gradient budget, of which it has its share
     )
+    draws_done: int | None = None  # the batched sampler's draws so far, over all chains
 
     def check(self, kernel: _CountingNUTS) -> None:
         """Raise :class:`_Stopped` when the run is over its budget or cannot do its job."""
@@ -207,7 +211,9 @@ class _Guard:
             if warmup
             else f"draw {it - self.num_warmup} of {self.num_samples}"
         )
-        draws = self.chain * self.num_samples + max(0, it - self.num_warmup)
+        draws = self.draws_done
+        if draws is None:
+            draws = self.chain * self.num_samples + max(0, it - self.num_warmup)
         total = self.num_chains * self.num_samples
         spent = self.grad_evals_before + kernel.grad_evals
         seconds = time.perf_counter() - self.start
@@ -328,17 +334,26 @@ def _nuts_chain(
 
 
 def run_nuts(posterior, method=NUTS_METHOD, *, seed, preset, progress=False) -> MethodRun:
-    """Pyro NUTS (JIT-compiled potential), chain c with seed ``seed + c``, in processes of
-    their own where the machine has the cores (:func:`chain_workers`) or one after another:
-    the same draws either way, so the result does not depend on the number of cores (but
-    a run near its gradient budget may stop in one way and not in the other: in processes
-    each chain has an equal share of it, in turn the chains spend it in order). The
-    mass matrix is dense for a posterior of at most ``preset.dense_mass_up_to``
-    coordinates, else diagonal (``diagnostics["mass_matrix"]`` says which).
-
-    NUTS runs on ``posterior.forms.sample``: the density of the global latents with every
+    """NUTS on ``posterior.forms.sample``: the density of the global latents with every
     local latent summed out, in the fastest form the model offers (a mixture: the
     assignments summed out by ``MixtureSameFamily`` rather than enumerated).
+
+    Two samplers, chosen by the method's option ``sampler``:
+
+    - ``"batched"`` (the method ``nuts``): :mod:`comparisons.nuts`, every chain advanced in
+      one batched evaluation of the model's potential, chain c started as Pyro's chain c
+      (seed ``seed + c``), all random numbers from one generator seeded by ``seed``. A model
+      that does not vectorize over chains (:class:`~comparisons.nuts.NotVectorized`) runs
+      under Pyro's sampler instead, and ``diagnostics["sampler_fallback"]`` says why.
+    - ``"pyro"`` (the method ``pyro_nuts``): Pyro's NUTS kernel (JIT-compiled potential),
+      chain c with seed ``seed + c``, in processes of their own where the machine has the
+      cores (:func:`chain_workers`) or one after another: the same draws either way (but a
+      run near its gradient budget may stop in one way and not in the other: in processes
+      each chain has an equal share of it, in turn the chains spend it in order).
+
+    ``diagnostics["sampler"]`` says which ran. The mass matrix is dense for a posterior of
+    at most ``preset.dense_mass_up_to`` coordinates, else diagonal (``diagnostics[
+    "mass_matrix"]``).
 
     ``preset.nuts_budget`` stops a run that is over its budget or cannot do its job (step
     size collapsed, trees at the maximum depth); the run then has no draws, ``stopped`` is
@@ -347,15 +362,151 @@ def run_nuts(posterior, method=NUTS_METHOD, *, seed, preset, progress=False) -> 
     more = {k: max(int(v), getattr(preset, k)) for k, v in method.options.items()
             if k in ("num_samples", "num_warmup")}  # fmt: skip
     preset = dataclasses.replace(preset, **more) if more else preset
-    workers = chain_workers(preset)
+    sampler = method.options.get("sampler", BATCHED)
+    if sampler not in SAMPLERS:
+        raise ZooInputError(
+            f"unknown NUTS sampler '{sampler}'; choose one of: {', '.join(SAMPLERS)}"
+        )
     mass = mass_matrix(posterior, preset)
     settings = {"seed": seed, "preset": preset, "full_mass": mass == "dense"}
-    if workers > 1:
-        run = _run_nuts_forked(posterior, method, workers=workers, progress=progress, **settings)
-    else:
-        run = _run_nuts_in_turn(posterior, method, progress=progress, **settings)
+    fallback = None
+    if sampler == BATCHED:
+        try:
+            run = _run_nuts_batched(posterior, method, progress=progress, **settings)
+        except NotVectorized as exc:
+            fallback = f"{exc}; Pyro's sampler ran it instead"
+            warnings.warn(f"nuts: {fallback}", stacklevel=2)
+            sampler = PYRO
+    if sampler == PYRO:
+        workers = chain_workers(preset)
+        if workers > 1:
+            run = _run_nuts_forked(
+                posterior, method, workers=workers, progress=progress, **settings
+            )
+        else:
+            run = _run_nuts_in_turn(posterior, method, progress=progress, **settings)
     run.diagnostics["mass_matrix"] = mass
+    run.diagnostics["sampler"] = sampler
+    if fallback is not None:
+        run.diagnostics["sampler_fallback"] = fallback
     return run
+
+
+#: The NUTS samplers by name (a method's option ``sampler``).
+BATCHED, PYRO = "batched", "pyro"
+SAMPLERS = (BATCHED, PYRO)
+
+
+def _initial_point(posterior: Posterior, potential: BatchedPotential, chain: int, seed: int):
+    """Chain ``chain``'s start, as Pyro's NUTS would start it (seed ``seed + chain``): the
+    model's starting values where it has them (a mixture: k-means++ rows), else the median
+    of 15 prior draws; where the density is not finite there, uniform draws in (-2, 2) on
+    the unconstrained scale, as Pyro retries (at most 100)."""
+    pyro.set_rng_seed(seed + chain)
+    init = init_to_median(num_samples=15)
+    if posterior.init_values is not None:
+        init = init_to_value(values=dict(posterior.init_values(seed + chain)), fallback=init)
+    for _ in range(100):
+        with poutine.block(), torch.no_grad():
+            trace = poutine.trace(InitMessenger(init)(posterior.forms.sample)).get_trace(
+                **posterior.data
+            )
+        z = potential.unconstrain({s.name: trace.nodes[s.name]["value"] for s in potential.sites})
+        with torch.no_grad():
+            if torch.isfinite(potential(z.unsqueeze(0))).all():
+                return z
+        init = init_to_uniform(radius=2.0)
+    raise ZooInputError(
+        "nuts: found no starting point where the model's density is finite in 100 tries;"
+        " check the data against the model's support"
+    )
+
+
+def _compiled(potential: BatchedPotential, z0: torch.Tensor):
+    """The potential traced by the JIT (as Pyro's NUTS with ``jit_compile``), where the
+    trace gives the eager values at the start and near it; else the eager potential."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            traced = torch.jit.trace(lambda z: potential(z), z0, check_trace=False)
+        except Exception:  # noqa: BLE001 (any failure to trace leaves the eager potential)
+            return potential
+        with torch.no_grad():
+            for z in (z0, z0 + 0.01):
+                try:
+                    same = torch.allclose(traced(z), potential(z), rtol=1e-10, atol=1e-10,
+                                          equal_nan=True)  # fmt: skip
+                except Exception:  # noqa: BLE001 (either fails: the eager potential)
+                    return potential
+                if not same:
+                    return potential
+    return traced
+
+
+def _run_nuts_batched(posterior, method, *, seed, preset, full_mass, progress) -> MethodRun:
+    """The chains of :func:`run_nuts` advanced together by :class:`comparisons.nuts.Sampler`,
+    on one torch thread."""
+    chains, warmup, samples = preset.num_chains, preset.num_warmup, preset.num_samples
+    guard = _Guard(preset.nuts_budget, chains, warmup, samples)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        potential = BatchedPotential(
+            posterior.forms.sample, posterior.data, posterior.max_plate_nesting
+        )
+        try:
+            z0 = torch.stack([_initial_point(posterior, potential, c, seed) for c in range(chains)])
+        except ZooInputError:
+            raise
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise NotVectorized(
+                f"the model fails with the chains as an outer plate: {exc}"
+            ) from exc
+        potential.check_vectorized(z0)
+        views = [_ChainStats([], 0, float("nan"), preset.nuts_budget.max_tree_depth)
+                 for _ in range(chains)]  # fmt: skip
+        bar = tqdm(total=chains * (warmup + samples), desc="nuts", disable=not progress,
+                   unit="it", leave=False)  # fmt: skip
+
+        def on_iteration(sampler, chain: int, it: int) -> None:
+            view = views[chain]
+            view.per_draw.append((int(sampler.stats["n_steps"][chain, it]),
+                                  bool(sampler.stats["diverging"][chain, it]),
+                                  float(sampler.stats["step_size"][chain, it])))  # fmt: skip
+            view.grad_evals = int(sampler.grad_evals[chain])
+            view.initial_step_size = float(sampler.initial_step_size[chain])
+            view.step_size = float(sampler.step_size[chain])
+            guard.chain = chain
+            guard.grad_evals_before = int(sampler.grad_evals.sum()) - view.grad_evals
+            guard.draws_done = int((sampler.iterations - warmup).clamp(min=0).sum())
+            bar.update(1)
+            guard.check(view)
+
+        sampler = Sampler(
+            _compiled(potential, z0),
+            eager=potential,
+            seed=seed,
+            max_tree_depth=preset.nuts_budget.max_tree_depth,
+            dense_mass=full_mass,
+            on_iteration=on_iteration,
+        )
+        try:
+            run = sampler.run(z0, num_warmup=warmup, num_samples=samples)
+        except _Stopped as stop:
+            return _stopped_nuts(method.name, str(stop), views[guard.chain], guard, preset)
+        finally:
+            bar.close()
+        values = {k: to_numpy(v) for k, v in potential.constrain(run.z).items()}
+    finally:
+        torch.set_num_threads(threads)
+    draws = [{k: v[c] for k, v in values.items()} for c in range(chains)]
+    stats = {key: [to_numpy(getattr(run, key)[c, warmup:]) for c in range(chains)]
+             for key in ("n_steps", "diverging", "step_size")}  # fmt: skip
+    guard.grad_evals_before = int(run.grad_evals.sum())
+    result = _nuts_result(method.name, draws, stats, guard, preset,
+                          preset.nuts_budget.max_tree_depth)  # fmt: skip
+    result.diagnostics["batched_evals"] = run.batched_evals
+    return result
 
 
 def _run_nuts_in_turn(posterior, method, *, seed, preset, full_mass, progress) -> MethodRun:
@@ -414,12 +565,14 @@ def chain_workers(preset: Preset) -> int:
 
 @dataclass
 class _ChainStats:
-    """What a chain's kernel reports (a forked chain sends it back in place of the kernel)."""
+    """What a chain's kernel reports (a forked chain sends it back in place of the kernel;
+    the batched sampler keeps one per chain)."""
 
     per_draw: list[tuple[int, bool, float]]
     grad_evals: int
     initial_step_size: float
     _max_tree_depth: int
+    step_size: float = float("nan")
 
 
 #: The posterior and settings of the NUTS run whose chains are being forked: set before the
@@ -764,7 +917,7 @@ def _known_names() -> set[str]:
     """Every method name some model has, so that a known name gets the reason it does not
     apply here."""
     closed = (m for model in MODELS.values() for m in model.closed_forms)
-    return {NUTS_METHOD.name, *GUIDES, *closed}
+    return {NUTS_METHOD.name, PYRO_NUTS_METHOD.name, *GUIDES, *closed}
 
 
 def _unavailable(posterior: Posterior, name: str, available) -> ZooInputError:

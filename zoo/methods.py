@@ -19,7 +19,7 @@ METHOD_ALIASES: dict[str, str] = {"map": "delta"}
 #: ``Posterior.closed_forms``).
 CLOSED_FORM = "closed_form"
 
-#: The family of Pyro's NUTS sampler.
+#: The family of the NUTS samplers.
 NUTS = "nuts"
 
 
@@ -53,13 +53,14 @@ def declare_methods(
     not_by_default: Iterable[str] = (),
     variants: Iterable[MethodSpec] = (),
 ) -> tuple[MethodSpec, ...]:
-    """The usual table of a model: its closed forms, then NUTS, then one method per guide
-    family (named by it), then any named ``variants``; the names in ``not_by_default`` are
-    left out of the default set."""
+    """The usual table of a model: its closed forms, then NUTS (``nuts``, the zoo's batched
+    sampler, and ``pyro_nuts``, Pyro's, which is not run by default), then one method per
+    guide family (named by it), then any named ``variants``; the names in
+    ``not_by_default`` are left out of the default set."""
     skip = set(not_by_default)
     specs = [MethodSpec(name, CLOSED_FORM, {"form": name}) for name in closed_forms]
     if nuts:
-        specs.append(MethodSpec(NUTS, NUTS))
+        specs += [NUTS_METHOD, PYRO_NUTS_METHOD]
     specs += [MethodSpec(name, name) for name in guides]
     specs += list(variants)
     names = [s.name for s in specs]
@@ -68,5 +69,9 @@ def declare_methods(
     return tuple(dataclasses.replace(s, default=s.default and s.name not in skip) for s in specs)
 
 
-#: Pyro's NUTS under its usual name, as a model declares it.
+#: NUTS under its usual name, as a model declares it: the zoo's batched sampler
+#: (comparisons.nuts), every chain in one tensor computation.
 NUTS_METHOD = MethodSpec(NUTS, NUTS)
+
+#: Pyro's own NUTS kernel, by name, for a side-by-side run (not run by default).
+PYRO_NUTS_METHOD = MethodSpec("pyro_nuts", NUTS, {"sampler": "pyro"}, default=False)

@@ -22,6 +22,7 @@ from comparisons.metrics import verdict
 from comparisons.runners import PRESETS, NutsBudget, _Guard, _Stopped, run_nuts, tree_depth
 from zoo import ModelForms, gmm
 from zoo import linear_regression as lr
+from zoo.methods import PYRO_NUTS_METHOD
 
 #: A correlation no diagonal mass matrix can undo: the narrow direction has sd
 #: sqrt(1 - RHO) ~ 3e-5 against sqrt(2) along the ridge, so every NUTS trajectory needs far
@@ -53,6 +54,8 @@ def _preset(budget: NutsBudget, num_warmup: int = 30, num_samples: int = 20, par
     )  # fmt: skip
 
 
+PYRO = PYRO_NUTS_METHOD
+
 LINUX_ONLY = pytest.mark.skipif(
     sys.platform != "linux", reason="chains are forked on Linux only; elsewhere they run in turn"
 )
@@ -60,8 +63,9 @@ LINUX_ONLY = pytest.mark.skipif(
 
 @LINUX_ONLY
 def test_chains_in_parallel_processes_draw_what_they_draw_one_after_another():
-    sequential = run_nuts(_target(_normal), seed=3, preset=_preset(NutsBudget()))
-    parallel = run_nuts(_target(_normal), seed=3, preset=_preset(NutsBudget(), parallel=True))
+    sequential = run_nuts(_target(_normal), PYRO, seed=3, preset=_preset(NutsBudget()))
+    parallel = run_nuts(_target(_normal), PYRO, seed=3,
+                        preset=_preset(NutsBudget(), parallel=True))  # fmt: skip
     assert parallel.diagnostics["chains_in_parallel"] == 2
     assert "chains_in_parallel" not in sequential.diagnostics
     assert np.array_equal(parallel.draws["x"], sequential.draws["x"])
@@ -73,10 +77,10 @@ def test_chains_in_parallel_processes_draw_what_they_draw_one_after_another():
 @LINUX_ONLY
 def test_a_parallel_chain_stopped_at_its_share_of_the_budget_stops_the_run():
     one = dataclasses.replace(_preset(NutsBudget()), num_chains=1)
-    spent = run_nuts(_target(_normal), seed=0, preset=one).cost["grad_evals"]
+    spent = run_nuts(_target(_normal), PYRO, seed=0, preset=one).cost["grad_evals"]
     # Each of the 2 chains gets half of the budget: chain 1 needs ``spent``, more than half.
     budget = NutsBudget(max_grad_evals=spent + 5)
-    run = run_nuts(_target(_normal), seed=0, preset=_preset(budget, parallel=True))
+    run = run_nuts(_target(_normal), PYRO, seed=0, preset=_preset(budget, parallel=True))
     assert run.stopped and run.diagnostics["stopped_chain"] == 1, run.error
     assert run.diagnostics["chains_in_parallel"] == 2
     assert run.error.startswith(
@@ -132,10 +136,11 @@ def test_nuts_is_stopped_at_its_budget_of_gradient_evaluations():
 
 
 def test_a_budget_stops_in_the_second_chain_counting_both():
+    # Pyro's sampler runs its chains in turn: the budget is spent in their order.
     one = dataclasses.replace(_preset(NutsBudget()), num_chains=1)
-    spent = run_nuts(_target(_normal), seed=0, preset=one).cost["grad_evals"]
+    spent = run_nuts(_target(_normal), PYRO, seed=0, preset=one).cost["grad_evals"]
     budget = NutsBudget(max_grad_evals=spent + 5)  # chain 1 (same seed) fits, chain 2 not
-    run = run_nuts(_target(_normal), seed=0, preset=_preset(budget))
+    run = run_nuts(_target(_normal), PYRO, seed=0, preset=_preset(budget))
     assert run.stopped and run.diagnostics["stopped_chain"] == 2, run.error
     assert " of 40 draws (chain 2 of 2" in run.error
 
