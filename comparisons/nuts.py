@@ -12,9 +12,10 @@ The algorithm is NumPyro's (Hoffman and Gelman 2014, with Betancourt 2017's mult
 sampling): trees doubled in a random direction, the subtree's proposal chosen by
 progressive sampling and the tree's by biased progressive sampling, the iterative U-turn
 checks of each new leaf against the checkpoints of the subtrees it closes, a divergence at
-an energy error above 1000. Each chain keeps its own tree: in a doubling every chain takes
-its leapfrog steps in lockstep, and a chain whose subtree has turned or diverged is masked
-(its steps are computed and thrown away; they are not counted as its gradients).
+an energy error above 1000. Each chain keeps its own tree and clock: every step takes one
+leapfrog step of every chain, and a chain whose tree is finished starts its next iteration
+at the next step; only a chain that has finished all its iterations is masked (its steps
+are computed and thrown away, and not counted as its gradients).
 Adaptation is Stan's and Pyro's: step size by dual averaging toward an acceptance of 0.8,
 a diagonal or dense inverse mass matrix from the draws of windows 25, 50, 100... after a
 buffer of 75 iterations and before a final buffer of 50, each chain its own.
@@ -245,7 +246,8 @@ class Sampler:
         us, gs = [], []
         for c in range(z.shape[0]):
             try:
-                u, g = _value_and_grad(self.eager, z[c : c + 1])
+                with pyro.validation_enabled(False):  # NaN parameters: NaN, not an error
+                    u, g = _value_and_grad(self.eager, z[c : c + 1])
             except Exception as exc:  # noqa: BLE001 (re-raised unless numerical)
                 if not _numerical(exc):
                     raise
@@ -319,7 +321,7 @@ class Sampler:
                 break
             step = torch.where(going, torch.where(direction, step * 2, step / 2), step)
             going &= (step > 1e-10) & (step < 1e10)
-        return step, spent
+        return step.clamp(1e-10, 1e10), spent
 
     # --- the run --------------------------------------------------------------------
     def run(self, z0: torch.Tensor, *, num_warmup: int, num_samples: int) -> BatchedRun:
@@ -343,7 +345,7 @@ class Sampler:
         u, g = self._value_and_grad(z)
         every = torch.ones(C, dtype=torch.bool, device=dev)
         eps, spent = self._reasonable_step_size(z, u, g, torch.ones(C, dtype=dt, device=dev), every)
-        grad_evals = 1 + spent
+        grad_evals = (1 + spent).cpu()
         initial = eps.clone()
         self.initial_step_size = initial
         # Dual averaging of log step sizes, per chain (Pyro's and Stan's constants).

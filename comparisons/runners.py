@@ -24,12 +24,12 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import MCMC, NUTS
-from pyro.infer.autoguide import init_to_median, init_to_uniform, init_to_value
+from pyro.infer.autoguide import init_to_median, init_to_value
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
-from comparisons.nuts import BatchedPotential, NotVectorized, Sampler
+from comparisons.nuts import BatchedPotential, NotVectorized, Sampler, _value_and_grad
 from guides import GUIDES, Checkpoint, FitConfig, FitError, draw, fit_guide, get_guide
 from zoo import MODELS, MethodSpec, Posterior, ZooInputError, get_model
 from zoo.methods import CLOSED_FORM, METHOD_ALIASES, NUTS_METHOD, PYRO_NUTS_METHOD
@@ -400,8 +400,8 @@ SAMPLERS = (BATCHED, PYRO)
 def _initial_point(posterior: Posterior, potential: BatchedPotential, chain: int, seed: int):
     """Chain ``chain``'s start, as Pyro's NUTS would start it (seed ``seed + chain``): the
     model's starting values where it has them (a mixture: k-means++ rows), else the median
-    of 15 prior draws; where the density is not finite there, uniform draws in (-2, 2) on
-    the unconstrained scale, as Pyro retries (at most 100)."""
+    of 15 prior draws; where the density or its gradient is not finite there, the same
+    strategy again, as Pyro retries (at most 100 times)."""
     pyro.set_rng_seed(seed + chain)
     init = init_to_median(num_samples=15)
     if posterior.init_values is not None:
@@ -412,10 +412,9 @@ def _initial_point(posterior: Posterior, potential: BatchedPotential, chain: int
                 **posterior.data
             )
         z = potential.unconstrain({s.name: trace.nodes[s.name]["value"] for s in potential.sites})
-        with torch.no_grad():
-            if torch.isfinite(potential(z.unsqueeze(0))).all():
-                return z
-        init = init_to_uniform(radius=2.0)
+        u, g = _value_and_grad(potential, z.unsqueeze(0))
+        if torch.isfinite(u).all() and torch.isfinite(g).all():
+            return z
     raise ZooInputError(
         "nuts: found no starting point where the model's density is finite in 100 tries;"
         " check the data against the model's support"
