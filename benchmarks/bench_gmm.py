@@ -20,6 +20,7 @@ import time
 
 import pyro
 import torch
+from bench_linear_regression import svi_section
 
 from guides import FitConfig, fit_guide
 from guides.fit import make_elbo
@@ -73,6 +74,11 @@ def main() -> int:
                 f"{rows:>8} {label:>10} {svi_s / result.steps:9.4f} {wall:8.1f}"
                 f" {elbo_per_row(result, post):10.4f} {1000 * wall / rows:14.3f}"
             )
+    # Every guide's steps per second with the plain and the JIT-compiled ELBO (issue 13's
+    # mixture: K=3, N=500, 2-D).
+    frame, _ = gmm.simulate(0, num_components=3, num_data=500, num_features=2)
+    print("\ngmm, K=3, N=500, D=2")
+    svi_section(gmm.make_posterior(frame, num_components=3), "gmm")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from guides.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from guides.config import FAR_BELOW, FitConfig, FitError, FitResult, make_elbo
+from guides.config import FAR_BELOW, FitConfig, FitError, FitResult, jit_elbo, make_elbo
 from guides.optim import ParamStoreAdam
 from guides.weights import Batches, weighted
 from zoo.tensors import cuda_devices
@@ -128,6 +129,44 @@ class _Loop:
     held_out: Mapping[str, torch.Tensor] | None
     weights: dict[str, object]
     state: LoopState = field(default_factory=LoopState)
+    jit: object | None = None  # the JIT-compiled ELBO to try after the first step
+
+    def try_jit(self) -> None:
+        """Switch to the JIT-compiled ELBO (:func:`jit_elbo`) where it computes, for the
+        same random numbers, the loss and gradients the plain one does (checked once, every
+        random stream restored after it): the fit's steps are then the same, faster."""
+        jit, self.jit = self.jit, None
+        data, rows = self.step_data()
+        params = [p.unconstrained() for p in pyro.get_param_store().values()]
+
+        def run(elbo):
+            with self.forked_rng(), weighted(rows=rows, beta=self.beta(), **self.weights):
+                loss = float(elbo.loss_and_grads(self.model, self.guide, **data))
+            grads = [None if p.grad is None else p.grad.clone() for p in params]
+            for p in params:
+                p.grad = None
+            return loss, grads
+
+        try:
+            with warnings.catch_warnings():
+                # Pyro's JIT calls torch.jit.trace, which torch 2.13 marks deprecated; the
+                # message is Pyro's to act on, not the user's.
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                run(jit)  # the compiling call: it draws its random numbers twice
+                ours, theirs = run(jit), run(self.elbo)
+        except Exception as exc:  # noqa: BLE001 (a model the JIT cannot trace: plain ELBO)
+            self.state.info["elbo_jit"] = f"off: the JIT failed ({type(exc).__name__})"
+            return
+        same = math.isclose(ours[0], theirs[0], rel_tol=1e-10, abs_tol=1e-10) and all(
+            (a is None and b is None)
+            or (a is not None and b is not None and torch.allclose(a, b, rtol=1e-8, atol=1e-10))
+            for a, b in zip(ours[1], theirs[1])
+        )
+        if not same:
+            self.state.info["elbo_jit"] = "off: the JIT's loss or gradients differ"
+            return
+        self.elbo = jit
+        self.state.info["elbo_jit"] = "on"
 
     def full_data(self) -> dict[str, object]:
         """The keyword data of a step without minibatches of this loop's own (a model's
@@ -156,6 +195,8 @@ class _Loop:
         return self.config.beta * ramp
 
     def take_step(self) -> float:
+        if self.jit is not None and self.state.trace:
+            self.try_jit()
         data, rows = self.step_data()
         with weighted(rows=rows, beta=self.beta(), **self.weights):
             loss = float(self.elbo.loss_and_grads(self.model, self.guide, **data))
@@ -401,6 +442,9 @@ def fit(
         model, guide, config, name, data, elbo, optim, batches, held_out,
         {"plate": plate, "local_sites": tuple(local_sites)},
     )  # fmt: skip
+    if config.jit and config.objective == "elbo" and batches is None and not config.kl_warmup:
+        if config.subsample_size is None:  # a fixed computation each step: JIT-compilable
+            loop.jit = jit_elbo(particles, max_plate_nesting, enumerate=enumerate)
     for p in _parameters().values():  # a gradient left by earlier work is no step of this fit
         p.grad = None
     if batches is not None:
