@@ -92,8 +92,8 @@ class FitConfig:
     ``jit``: an SVI fit whose every step is the same computation (the ELBO, no minibatches,
     no subsampling, no KL warm-up) switches after its first step to Pyro's JIT-compiled ELBO
     where that gives the same loss and gradients for the same random numbers (checked once;
-    ``info["elbo_jit"]`` says "on" or why not): the same steps, about 1.3-2.2 times as many
-    per second on the regression and the mixture (``make bench``).
+    ``info["elbo_jit"]`` says "on" or why not): the same steps to rounding, up to twice as
+    many per second (mean-field on the regression; ``make bench`` prints each guide's).
     """
 
     num_steps: int = 10_000
