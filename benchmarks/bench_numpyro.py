@@ -15,9 +15,11 @@ Two run lengths: 2 chains x 500 warm-up + 500 draws, and the command line's defa
 ``full`` preset: 4 chains x 1000 + 1000). Figures: wall time of the whole run (NumPyro's
 compilation included, the zoo's set-up included), min bulk ESS over every scalar of the
 sampled sites (mixture draws relabelled by the zoo's rule first, for both), ESS per second,
-and the ratio to NumPyro with its chains one after another. The zoo runs ``nuts`` (its
-batched sampler, every chain in one tensor computation) and ``pyro_nuts`` (Pyro's kernel,
-chains in processes of their own); NumPyro runs its chains one after another
+and the ratio to NumPyro with its chains one after another (NumPyro's default: a diagonal
+mass matrix; the zoo adapts a dense one for posteriors this small, so NumPyro runs once
+more with ``dense_mass=True``). The zoo runs ``nuts`` (Pyro's
+kernel, chains in processes of their own) and ``nuts_batched`` (its batched sampler, every
+chain in one tensor computation); NumPyro runs its chains one after another
 ("sequential"), as one batched computation ("vectorized") and, where the machine has a core
 per chain, in parallel ("parallel").
 """
@@ -123,7 +125,8 @@ def run_zoo(post, method, chains, warmup, samples, sites) -> tuple[float, float]
     return wall, min_bulk_ess(post, {k: draws[k].values for k in sites})
 
 
-def run_numpyro(numpyro, post, model, data, chains, warmup, samples, method, sites):
+def run_numpyro(numpyro, post, model, data, chains, warmup, samples, method, sites,
+                dense=False):  # fmt: skip
     import jax
     from numpyro.distributions import biject_to, constraints
     from numpyro.infer import MCMC, NUTS
@@ -143,8 +146,8 @@ def run_numpyro(numpyro, post, model, data, chains, warmup, samples, method, sit
             for k in starts[0]
         }
     start = time.perf_counter()
-    mcmc = MCMC(NUTS(model), num_warmup=warmup, num_samples=samples, num_chains=chains,
-                chain_method=method, progress_bar=False)  # fmt: skip
+    mcmc = MCMC(NUTS(model, dense_mass=dense), num_warmup=warmup, num_samples=samples,
+                num_chains=chains, chain_method=method, progress_bar=False)  # fmt: skip
     mcmc.run(jax.random.PRNGKey(0), init_params=init, **data)
     draws = mcmc.get_samples(group_by_chain=True)
     jax.block_until_ready(draws)
@@ -169,7 +172,7 @@ def main() -> int:
         for label, chains, warmup, samples in RUNS:
             rows = {
                 f"zoo {method}": run_zoo(post, method, chains, warmup, samples, sites)
-                for method in ("nuts", "pyro_nuts")
+                for method in ("nuts", "nuts_batched")
             }
             for method in ("sequential", "vectorized", "parallel"):
                 if method == "parallel" and jax.local_device_count() < chains:
@@ -177,6 +180,11 @@ def main() -> int:
                 rows[f"NumPyro {method}"] = run_numpyro(
                     numpyro, post, model, data, chains, warmup, samples, method, sites
                 )
+            # NumPyro with a dense mass matrix too, as the zoo adapts one here.
+            rows["NumPyro seq., dense"] = run_numpyro(
+                numpyro, post, model, data, chains, warmup, samples, "sequential", sites,
+                dense=True,
+            )  # fmt: skip
             base = rows["NumPyro sequential"][1] / rows["NumPyro sequential"][0]
             for system, (wall, ess) in rows.items():
                 print(f"{name:<24} {label:<20} {system:<22} {wall:7.1f} {ess:8.0f}"

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from comparisons.nuts import BatchedPotential, NotVectorized, Sampler, _value_and_grad
 from guides import GUIDES, Checkpoint, FitConfig, FitError, draw, fit_guide, get_guide
 from zoo import MODELS, MethodSpec, Posterior, ZooInputError, get_model
-from zoo.methods import CLOSED_FORM, METHOD_ALIASES, NUTS_METHOD, PYRO_NUTS_METHOD
+from zoo.methods import BATCHED_NUTS_METHOD, CLOSED_FORM, METHOD_ALIASES, NUTS_METHOD
 from zoo.tensors import cores, to_numpy
 
 
@@ -341,16 +341,18 @@ def run_nuts(posterior, method=NUTS_METHOD, *, seed, preset, progress=False) -> 
 
     Two samplers, chosen by the method's option ``sampler``:
 
-    - ``"batched"`` (the method ``nuts``): :mod:`comparisons.nuts`, every chain advanced in
-      one batched evaluation of the model's potential, chain c started as Pyro's chain c
-      (seed ``seed + c``), all random numbers from one generator seeded by ``seed``. A model
-      that does not vectorize over chains (:class:`~comparisons.nuts.NotVectorized`) runs
-      under Pyro's sampler instead, and ``diagnostics["sampler_fallback"]`` says why.
-    - ``"pyro"`` (the method ``pyro_nuts``): Pyro's NUTS kernel (JIT-compiled potential),
-      chain c with seed ``seed + c``, in processes of their own where the machine has the
-      cores (:func:`chain_workers`) or one after another: the same draws either way (but a
-      run near its gradient budget may stop in one way and not in the other: in processes
-      each chain has an equal share of it, in turn the chains spend it in order).
+    - ``"pyro"`` (the method ``nuts``): Pyro's NUTS kernel (JIT-compiled potential), chain
+      c with seed ``seed + c``, in processes of their own where the machine has the cores
+      (:func:`chain_workers`) or one after another: the same draws either way (but a run
+      near its gradient budget may stop in one way and not in the other: in processes each
+      chain has an equal share of it, in turn the chains spend it in order).
+    - ``"batched"`` (the method ``nuts_batched``): :mod:`comparisons.nuts`, every chain
+      advanced in one batched evaluation of the model's potential on one thread, chain c
+      started as Pyro's chain c, all random numbers from one generator seeded by ``seed``.
+      It pays where there are more chains than cores (on 2 cores: about even with 4 chains,
+      slower with 2; ``make bench``). A model that does not vectorize over chains
+      (:class:`~comparisons.nuts.NotVectorized`) runs under Pyro's sampler instead, and
+      ``diagnostics["sampler_fallback"]`` says why.
 
     ``diagnostics["sampler"]`` says which ran. The mass matrix is dense for a posterior of
     at most ``preset.dense_mass_up_to`` coordinates, else diagonal (``diagnostics[
@@ -363,7 +365,7 @@ def run_nuts(posterior, method=NUTS_METHOD, *, seed, preset, progress=False) -> 
     more = {k: max(int(v), getattr(preset, k)) for k, v in method.options.items()
             if k in ("num_samples", "num_warmup")}  # fmt: skip
     preset = dataclasses.replace(preset, **more) if more else preset
-    sampler = method.options.get("sampler", BATCHED)
+    sampler = method.options.get("sampler", PYRO)
     if sampler not in SAMPLERS:
         raise ZooInputError(
             f"unknown NUTS sampler '{sampler}'; choose one of: {', '.join(SAMPLERS)}"
@@ -917,7 +919,7 @@ def _known_names() -> set[str]:
     """Every method name some model has, so that a known name gets the reason it does not
     apply here."""
     closed = (m for model in MODELS.values() for m in model.closed_forms)
-    return {NUTS_METHOD.name, PYRO_NUTS_METHOD.name, *GUIDES, *closed}
+    return {NUTS_METHOD.name, BATCHED_NUTS_METHOD.name, *GUIDES, *closed}
 
 
 def _unavailable(posterior: Posterior, name: str, available) -> ZooInputError:

@@ -21,6 +21,7 @@ from comparisons.nuts import BatchedPotential, NotVectorized, Sampler, _checkpoi
 from comparisons.runners import NutsBudget, run_nuts
 from zoo import ModelForms, gmm, ppca
 from zoo import linear_regression as lr
+from zoo.methods import BATCHED_NUTS_METHOD
 
 
 def _posteriors():
@@ -138,7 +139,7 @@ def test_a_model_that_does_not_vectorize_over_chains_runs_under_pyros_sampler():
     preset = dataclasses.replace(TINY, num_warmup=30, num_samples=20, nuts_budget=NutsBudget())
     for target in targets:
         with pytest.warns(UserWarning, match="Pyro's sampler ran it instead"):
-            run = run_nuts(target, seed=0, preset=preset)
+            run = run_nuts(target, BATCHED_NUTS_METHOD, seed=0, preset=preset)
         assert run.diagnostics["sampler"] == "pyro" and not run.stopped
         assert "sampler_fallback" in run.diagnostics
         assert run.draws["coef"].shape[:2] == (2, 20)
@@ -150,7 +151,7 @@ def test_a_model_that_does_not_vectorize_over_chains_runs_under_pyros_sampler():
 def test_the_batched_run_reports_its_sampler_and_its_evaluations():
     post = _posteriors()["regression"]
     preset = dataclasses.replace(TINY, num_warmup=40, num_samples=30)
-    run = run_nuts(post, seed=0, preset=preset)
+    run = run_nuts(post, BATCHED_NUTS_METHOD, seed=0, preset=preset)
     assert run.diagnostics["sampler"] == "batched" and not run.stopped
     assert run.draws["coef"].shape == (2, 30, 3)
     # Every batched evaluation moves both chains; each chain uses most of them.

@@ -22,7 +22,7 @@ from comparisons.metrics import verdict
 from comparisons.runners import PRESETS, NutsBudget, _Guard, _Stopped, run_nuts, tree_depth
 from zoo import ModelForms, gmm
 from zoo import linear_regression as lr
-from zoo.methods import PYRO_NUTS_METHOD
+from zoo.methods import NUTS_METHOD
 
 #: A correlation no diagonal mass matrix can undo: the narrow direction has sd
 #: sqrt(1 - RHO) ~ 3e-5 against sqrt(2) along the ridge, so every NUTS trajectory needs far
@@ -54,7 +54,7 @@ def _preset(budget: NutsBudget, num_warmup: int = 30, num_samples: int = 20, par
     )  # fmt: skip
 
 
-PYRO = PYRO_NUTS_METHOD
+PYRO = NUTS_METHOD  # Pyro's kernel (the chains in turn or in processes)
 
 LINUX_ONLY = pytest.mark.skipif(
     sys.platform != "linux", reason="chains are forked on Linux only; elsewhere they run in turn"
