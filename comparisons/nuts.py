@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer.mcmc.adaptation import WarmupAdapter
 from pyro.ops.integrator import _EXCEPTION_HANDLERS
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
@@ -155,28 +156,13 @@ def _per_chain(value: torch.Tensor, num: int, nesting: int | None = None) -> tor
 
 
 def adaptation_windows(num_warmup: int) -> list[tuple[int, int]]:
-    """Stan's warm-up schedule (as Pyro builds it): a buffer of 75 iterations, windows of
-    25, 50, 100... whose draws set the mass matrix, and a final buffer of 50; shrunk to 15%,
-    75% and 10% of a warm-up shorter than 150. (start, end) inclusive."""
-    if num_warmup < 20:
-        return [(0, num_warmup - 1)]
-    start, end, first = 75, 50, 25
-    if start + end + first > num_warmup:
-        start, end = int(0.15 * num_warmup), int(0.1 * num_warmup)
-        first = num_warmup - start - end
-    windows = [(0, start - 1)]
-    end_start = num_warmup - end
-    size, begin = first, start
-    while begin < end_start:
-        this = size
-        if 3 * size <= end_start - begin:
-            size = 2 * size
-        else:
-            this = end_start - begin
-        windows.append((begin, begin + this - 1))
-        begin += this
-    windows.append((end_start, num_warmup - 1))
-    return windows
+    """Stan's warm-up schedule, as Pyro's own NUTS builds it (its ``WarmupAdapter``): a
+    buffer of 75 iterations, windows of 25, 50, 100... whose draws set the mass matrix, and
+    a final buffer of 50; shrunk to 15%, 75% and 10% of a warm-up shorter than 150.
+    (start, end) inclusive."""
+    adapter = WarmupAdapter(adapt_step_size=True, adapt_mass_matrix=True)
+    adapter._warmup_steps = num_warmup  # what configure() sets before building it
+    return [(w.start, w.end) for w in adapter._build_adaptation_schedule()]
 
 
 @dataclass

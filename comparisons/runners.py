@@ -71,11 +71,12 @@ class NutsBudget:
 
 #: NUTS adapts a dense mass matrix for posteriors of at most this many coordinates, and a
 #: diagonal one above (where a window of 100-odd warm-up draws no longer pins down a dense
-#: covariance); 0: always diagonal. Measured with the batched sampler, whole-run ESS/s, 2
-#: chains x 500 + 500, one run each: the regression of benchmarks/bench_numpyro.py (N=1000,
-#: D=10, features correlated at 0.3) 50.5 diagonal, 92.1 dense; the mixture (K=3, N=500,
-#: 2-D) 14.3 and 46.1; kidiq with the interaction mom_hs x mom_iq (coefficients correlated
-#: at 0.99, smoke preset) 1.5 and 7.0 (benchmarks/bench_linear_regression.py).
+#: covariance); 0: always diagonal. Whole-run ESS/s, diagonal against dense, one run each:
+#: with the batched sampler, 2 chains x 500 + 500, the regression of
+#: benchmarks/bench_numpyro.py (N=1000, D=10, features correlated at 0.3) 50.5 and 92.1 and
+#: its mixture (K=3, N=500, 2-D) 14.3 and 46.1; with Pyro's kernel, kidiq with the
+#: interaction mom_hs x mom_iq (coefficients correlated at 0.99, smoke preset) 1.5 and 7.0,
+#: and 2.1 and 9.0 in a later run (benchmarks/bench_linear_regression.py).
 DENSE_MASS_UP_TO = 50
 
 
@@ -291,6 +292,15 @@ class _CountingNUTS(NUTS):
         return z
 
 
+def _init_strategy(posterior: Posterior, seed: int):
+    """Where a NUTS chain seeded ``seed`` starts: the model's starting values where it has
+    them (a mixture: k-means++ rows), else the median of 15 prior draws."""
+    init = init_to_median(num_samples=15)
+    if posterior.init_values is not None:
+        init = init_to_value(values=dict(posterior.init_values(seed)), fallback=init)
+    return init
+
+
 def _nuts_chain(
     posterior: Posterior, chain: int, *, seed: int, preset: Preset, full_mass: bool, guard, progress
 ):
@@ -298,11 +308,7 @@ def _nuts_chain(
     gradient evaluations). Raises :class:`_Stopped` where the guard stops it."""
     guard.chain = chain
     pyro.set_rng_seed(seed + chain)
-    # Each chain from its own start: the model's starting values where it has them (a
-    # mixture: k-means++ rows), else the median of prior draws.
-    init = init_to_median(num_samples=15)
-    if posterior.init_values is not None:
-        init = init_to_value(values=dict(posterior.init_values(seed + chain)), fallback=init)
+    init = _init_strategy(posterior, seed + chain)
     kernel = _CountingNUTS(
         posterior.forms.sample,
         full_mass=full_mass,
@@ -406,9 +412,7 @@ def _initial_point(posterior: Posterior, potential: BatchedPotential, chain: int
     of 15 prior draws; where the density or its gradient is not finite there, the same
     strategy again, as Pyro retries (at most 100 times)."""
     pyro.set_rng_seed(seed + chain)
-    init = init_to_median(num_samples=15)
-    if posterior.init_values is not None:
-        init = init_to_value(values=dict(posterior.init_values(seed + chain)), fallback=init)
+    init = _init_strategy(posterior, seed + chain)
     for _ in range(100):
         with poutine.block(), torch.no_grad():
             trace = poutine.trace(InitMessenger(init)(posterior.forms.sample)).get_trace(

@@ -5,7 +5,6 @@ that does not vectorize over chains runs under Pyro's sampler instead, saying so
 from __future__ import annotations
 
 import dataclasses
-import math
 from types import SimpleNamespace
 
 import arviz as az
@@ -157,7 +156,7 @@ def test_the_batched_run_reports_its_sampler_and_its_evaluations():
     # Every batched evaluation moves both chains; each chain uses most of them.
     evals = run.diagnostics["batched_evals"]
     assert evals * 2 >= run.cost["grad_evals"] > evals
-    assert math.isfinite(run.cost["wall_s"])
+    assert run.diagnostics["mass_matrix"] == "dense"  # 5 coordinates: at most 50
 
 
 def _fragile(z: torch.Tensor) -> torch.Tensor:
