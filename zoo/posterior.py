@@ -83,7 +83,7 @@ class ModelForms:
     sites enumerated in it, continuous ones integrated out); its deterministic sites are the
     derived quantities reported. None for a model without global latents.
     ``sample``: log p(x, globals) with every local latent summed or integrated out, as fast
-    as the model can give it (a mixture's ``MixtureSameFamily``): NUTS runs it and a guide's
+    as the model can give it (a mixture's assignments summed out): NUTS runs it and a guide's
     draws are weighed by it. None: ``fit``.
     ``likelihood``: the form whose observation site holds p(x_n | globals) per row (every
     local latent summed or integrated out): pointwise log-likelihood, LOO, predictive

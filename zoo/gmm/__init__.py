@@ -45,7 +45,8 @@ Shapes. Global sites sit outside every plate (``.to_event``), so a batch of draw
 particles at dim -2, predictive draws) sits on their left: ``locs`` is (K, D) or (P, 1, K, D).
 The assignment is indexed with ``Vindex``, so it works batched and enumerated (shape
 (K, 1, 1) under ``TraceEnum_ELBO``). :func:`marginal_model` has the same global sites and
-sums the assignment out with ``MixtureSameFamily``: p(x_n | globals) per row.
+sums the assignment out with :class:`DiagonalNormalMixture` (``MixtureSameFamily`` with a
+log density in half the tensor passes): p(x_n | globals) per row.
 
 Labels. Components are exchangeable, so the posterior has K! symmetric modes. Every method's
 draws are relabelled (:func:`relabel`) before any summary: components sorted by the first
@@ -76,6 +77,7 @@ from zoo.gmm.em import (
 from zoo.gmm.model import (
     PRIOR_PRESETS,
     SITES,
+    DiagonalNormalMixture,
     Priors,
     default_priors,
     marginal_model,
@@ -95,6 +97,7 @@ __all__ = [
     "BuiltinData",
     "DATASETS",
     "DatasetSpec",
+    "DiagonalNormalMixture",
     "EMResult",
     "MAX_RELABEL_ROUNDS",
     "PRIOR_PRESETS",

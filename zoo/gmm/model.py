@@ -192,6 +192,65 @@ def model(
     return assignment
 
 
+class DiagonalNormalMixture(dist.TorchDistribution):
+    """p(x) = sum_k w_k N(x; loc_k, diag(scale_k^2)): ``MixtureSameFamily(Categorical(w),
+    Normal(locs, scales).to_event(1))`` with the same batch and event shapes, samples and
+    log density (to rounding: a test), whose ``log_prob`` takes about half the tensor passes.
+
+    Its parameters stay as given when a plate expands it (``MixtureSameFamily`` expands every
+    parameter to the plate's size and works on the copies): the per-component constant
+    log w_k - sum_d log scale_kd - D/2 log 2 pi is computed once, and the rows meet the
+    parameters only in (x - loc) / scale. NUTS's potential and the ELBO on the summed-out
+    mixture spend nearly all their time here.
+    """
+
+    arg_constraints = {
+        "weights": dist.constraints.simplex,
+        "locs": dist.constraints.real,
+        "scales": dist.constraints.positive,
+    }
+    support = dist.constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, weights, locs, scales, batch_shape=None, validate_args=None):
+        self.weights, self.locs, self.scales = weights, locs, scales
+        if batch_shape is None:
+            batch_shape = torch.broadcast_shapes(
+                weights.shape[:-1], locs.shape[:-2], scales.shape[:-2]
+            )
+        super().__init__(torch.Size(batch_shape), locs.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return DiagonalNormalMixture(self.weights, self.locs, self.scales, batch_shape,
+                                     validate_args=False)  # fmt: skip
+
+    def _same_family(self) -> dist.MixtureSameFamily:
+        mixture = dist.MixtureSameFamily(
+            dist.Categorical(self.weights), dist.Normal(self.locs, self.scales).to_event(1)
+        )
+        return mixture.expand(self.batch_shape)
+
+    def sample(self, sample_shape=()):
+        return self._same_family().sample(torch.Size(sample_shape))
+
+    @property
+    def mean(self):
+        return self._same_family().mean
+
+    @property
+    def variance(self):
+        return self._same_family().variance
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        d = self.locs.shape[-1]
+        const = (self.weights.log() - self.scales.log().sum(-1)) - 0.5 * d * math.log(2 * math.pi)
+        z = (value.unsqueeze(-2) - self.locs) / self.scales
+        log_prob = torch.logsumexp(const - 0.5 * (z * z).sum(-1), -1)
+        return log_prob.expand(torch.broadcast_shapes(log_prob.shape, self.batch_shape))
+
+
 def marginal_model(
     x: torch.Tensor | None = None,
     *,
@@ -206,9 +265,7 @@ def marginal_model(
     """
     dtype = torch.get_default_dtype() if x is None else x.dtype
     weights, locs, scales = _globals(num_components, priors, dtype)
-    mixture = dist.MixtureSameFamily(
-        dist.Categorical(weights), dist.Normal(locs, scales).to_event(1)
-    )
+    mixture = DiagonalNormalMixture(weights, locs, scales)
     with pyro.plate("data", _num_rows(x, num_data), subsample_size=subsample_size) as idx:
         return pyro.sample("x", mixture, obs=None if x is None else x.index_select(-2, idx))
 
