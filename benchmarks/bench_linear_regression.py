@@ -1,8 +1,9 @@
 """Cost of the zoo on linear regression with N=1000 rows and D=10 features.
 
 Prints a table (run with `make bench`); nothing here is a timed test. Figures:
-1. NUTS bulk ESS per second through `zoo` (comparisons.compare: `nuts`, Pyro's kernel,
-   with its chains in turn and in parallel, and the zoo's batched `nuts_batched`) and
+1. NUTS bulk ESS per second through `zoo` (comparisons.compare: `nuts`, the zoo's sampler
+   with its chains batched, and `nuts_pyro`, Pyro's kernel with its chains in turn and in
+   parallel) and
    through a bare Pyro NUTS call on the same model, data, chains and seeds;
 2. steps per second of each guide's fit (SVI steps; L-BFGS iterations for delta and
    laplace), with the plain ELBO and with the JIT-compiled one;
@@ -126,9 +127,9 @@ def main() -> int:
 
     print("\nNUTS                                         wall s   min bulk ESS   ESS/s")
     rates = {}
-    runs = (("nuts", False, "Pyro's, one after another"),
-            ("nuts", True, "Pyro's, chains in parallel"),
-            ("nuts_batched", None, "zoo's, chains batched"))  # fmt: skip
+    runs = (("nuts_pyro", False, "Pyro's, one after another"),
+            ("nuts_pyro", True, "Pyro's, chains in parallel"),
+            ("nuts", None, "zoo's, chains batched"))  # fmt: skip
     for method, parallel, label in runs:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()

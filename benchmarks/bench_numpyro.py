@@ -17,9 +17,9 @@ compilation included, the zoo's set-up included), min bulk ESS over every scalar
 sampled sites (mixture draws relabelled by the zoo's rule first, for both), ESS per second,
 and the ratio to NumPyro with its chains one after another (NumPyro's default: a diagonal
 mass matrix; the zoo adapts a dense one for posteriors this small, so NumPyro runs once
-more with ``dense_mass=True``). The zoo runs ``nuts`` (Pyro's
-kernel, chains in processes of their own) and ``nuts_batched`` (its batched sampler, every
-chain in one tensor computation); NumPyro runs its chains one after another
+more with ``dense_mass=True``). The zoo runs ``nuts`` (its own sampler,
+every chain in one batched evaluation of the compiled potential) and ``nuts_pyro`` (Pyro's
+kernel, chains in processes of their own); NumPyro runs its chains one after another
 ("sequential"), as one batched computation ("vectorized") and, where the machine has a core
 per chain, in parallel ("parallel").
 """
@@ -172,7 +172,7 @@ def main() -> int:
         for label, chains, warmup, samples in RUNS:
             rows = {
                 f"zoo {method}": run_zoo(post, method, chains, warmup, samples, sites)
-                for method in ("nuts", "nuts_batched")
+                for method in ("nuts", "nuts_pyro")
             }
             for method in ("sequential", "vectorized", "parallel"):
                 if method == "parallel" and jax.local_device_count() < chains:

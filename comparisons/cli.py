@@ -132,9 +132,9 @@ def _add_run_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--chains-in-parallel",
         action=argparse.BooleanOptionalAction,
-        help="NUTS's chains in processes of their own, with the same draws as one after"
-        " another (default: where the machine has more than one core, on Linux);"
-        " nuts_batched advances its chains together in one process",
+        help="nuts_pyro's chains in processes of their own, with the same draws as one"
+        " after another (default: where the machine has more than one core, on Linux);"
+        " nuts advances all its chains together in one process",
     )
     p.add_argument(
         "--checkpoint-dir",
@@ -354,7 +354,7 @@ def _check_methods(spec: ModelSpec, names: list[str], flag: str) -> None:
         name = ALIASES.get(raw, raw)
         if spec.methods and name in spec.methods:
             continue
-        if name not in {"nuts", "nuts_batched", *closed, *GUIDES}:
+        if name not in {"nuts", "nuts_pyro", *closed, *GUIDES}:
             raise ZooInputError(f"unknown method '{raw}'; choose from: {offered}")
         if name in GUIDES and name not in spec.guides:
             raise ZooInputError(

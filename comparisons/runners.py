@@ -29,10 +29,10 @@ from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
-from comparisons.nuts import BatchedPotential, NotVectorized, Sampler, _value_and_grad
+from comparisons.nuts import BatchedPotential, Gradient, NotVectorized, Sampler, _value_and_grad
 from guides import GUIDES, Checkpoint, FitConfig, FitError, draw, fit_guide, get_guide
 from zoo import MODELS, MethodSpec, Posterior, ZooInputError, get_model
-from zoo.methods import BATCHED_NUTS_METHOD, CLOSED_FORM, METHOD_ALIASES, NUTS_METHOD
+from zoo.methods import CLOSED_FORM, METHOD_ALIASES, NUTS_METHOD, NUTS_PYRO_METHOD
 from zoo.tensors import cores, to_numpy
 
 
@@ -343,22 +343,22 @@ def _nuts_chain(
 def run_nuts(posterior, method=NUTS_METHOD, *, seed, preset, progress=False) -> MethodRun:
     """NUTS on ``posterior.forms.sample``: the density of the global latents with every
     local latent summed out, in the fastest form the model offers (a mixture: the
-    assignments summed out by ``MixtureSameFamily`` rather than enumerated).
+    assignments summed out rather than enumerated).
 
     Two samplers, chosen by the method's option ``sampler``:
 
-    - ``"pyro"`` (the method ``nuts``): Pyro's NUTS kernel (JIT-compiled potential), chain
-      c with seed ``seed + c``, in processes of their own where the machine has the cores
-      (:func:`chain_workers`) or one after another: the same draws either way (but a run
-      near its gradient budget may stop in one way and not in the other: in processes each
-      chain has an equal share of it, in turn the chains spend it in order).
-    - ``"batched"`` (the method ``nuts_batched``): :mod:`comparisons.nuts`, every chain
-      advanced in one batched evaluation of the model's potential on one thread, chain c
-      started as Pyro's chain c, all random numbers from one generator seeded by ``seed``.
-      It pays where there are more chains than cores (on 2 cores: about even with 4 chains,
-      slower with 2; ``make bench``). A model that does not vectorize over chains
+    - ``"zoo"`` (the method ``nuts``): :mod:`comparisons.nuts`, every chain advanced in one
+      batched evaluation of the model's potential and gradient, compiled once for the run
+      (:class:`~comparisons.nuts.Gradient`; ``diagnostics["potential"]`` says in which
+      form), on one thread; chain c started as Pyro's chain c, its random numbers from its
+      own generator seeded by (``seed``, c). A model that does not vectorize over chains
       (:class:`~comparisons.nuts.NotVectorized`) runs under Pyro's sampler instead, and
       ``diagnostics["sampler_fallback"]`` says why.
+    - ``"pyro"`` (the method ``nuts_pyro``): Pyro's NUTS kernel (JIT-compiled potential),
+      chain c with seed ``seed + c``, in processes of their own where the machine has the
+      cores (:func:`chain_workers`) or one after another: the same draws either way (but a
+      run near its gradient budget may stop in one way and not in the other: in processes
+      each chain has an equal share of it, in turn the chains spend it in order).
 
     ``diagnostics["sampler"]`` says which ran. The mass matrix is dense for a posterior of
     at most ``preset.dense_mass_up_to`` coordinates, else diagonal (``diagnostics[
@@ -371,7 +371,7 @@ def run_nuts(posterior, method=NUTS_METHOD, *, seed, preset, progress=False) -> 
     more = {k: max(int(v), getattr(preset, k)) for k, v in method.options.items()
             if k in ("num_samples", "num_warmup")}  # fmt: skip
     preset = dataclasses.replace(preset, **more) if more else preset
-    sampler = method.options.get("sampler", PYRO)
+    sampler = method.options.get("sampler", ZOO)
     if sampler not in SAMPLERS:
         raise ZooInputError(
             f"unknown NUTS sampler '{sampler}'; choose one of: {', '.join(SAMPLERS)}"
@@ -379,9 +379,9 @@ def run_nuts(posterior, method=NUTS_METHOD, *, seed, preset, progress=False) -> 
     mass = mass_matrix(posterior, preset)
     settings = {"seed": seed, "preset": preset, "full_mass": mass == "dense"}
     fallback = None
-    if sampler == BATCHED:
+    if sampler == ZOO:
         try:
-            run = _run_nuts_batched(posterior, method, progress=progress, **settings)
+            run = _run_nuts_zoo(posterior, method, progress=progress, **settings)
         except NotVectorized as exc:
             fallback = f"{exc}; Pyro's sampler ran it instead"
             warnings.warn(f"nuts: {fallback}", stacklevel=2)
@@ -402,8 +402,8 @@ def run_nuts(posterior, method=NUTS_METHOD, *, seed, preset, progress=False) -> 
 
 
 #: The NUTS samplers by name (a method's option ``sampler``).
-BATCHED, PYRO = "batched", "pyro"
-SAMPLERS = (BATCHED, PYRO)
+ZOO, PYRO = "zoo", "pyro"
+SAMPLERS = (ZOO, PYRO)
 
 
 def _initial_point(posterior: Posterior, potential: BatchedPotential, chain: int, seed: int):
@@ -428,28 +428,7 @@ def _initial_point(posterior: Posterior, potential: BatchedPotential, chain: int
     )
 
 
-def _compiled(potential: BatchedPotential, z0: torch.Tensor):
-    """The potential traced by the JIT (as Pyro's NUTS with ``jit_compile``), where the
-    trace gives the eager values at the start and near it; else the eager potential."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            traced = torch.jit.trace(lambda z: potential(z), z0, check_trace=False)
-        except Exception:  # noqa: BLE001 (any failure to trace leaves the eager potential)
-            return potential
-        with torch.no_grad():
-            for z in (z0, z0 + 0.01):
-                try:
-                    same = torch.allclose(traced(z), potential(z), rtol=1e-10, atol=1e-10,
-                                          equal_nan=True)  # fmt: skip
-                except Exception:  # noqa: BLE001 (either fails: the eager potential)
-                    return potential
-                if not same:
-                    return potential
-    return traced
-
-
-def _run_nuts_batched(posterior, method, *, seed, preset, full_mass, progress) -> MethodRun:
+def _run_nuts_zoo(posterior, method, *, seed, preset, full_mass, progress) -> MethodRun:
     """The chains of :func:`run_nuts` advanced together by :class:`comparisons.nuts.Sampler`,
     on one torch thread."""
     chains, warmup, samples = preset.num_chains, preset.num_warmup, preset.num_samples
@@ -484,13 +463,14 @@ def _run_nuts_batched(posterior, method, *, seed, preset, full_mass, progress) -
             view.step_size = float(sampler.step_size[chain])
             guard.chain = chain
             guard.grad_evals_before = int(sampler.grad_evals.sum()) - view.grad_evals
-            guard.draws_done = int((sampler.iterations - warmup).clamp(min=0).sum())
+            guard.draws_done = int(np.maximum(sampler.iterations - warmup, 0).sum())
             bar.update(1)
             guard.check(view)
 
+        gradient = Gradient(potential, z0)
         sampler = Sampler(
-            _compiled(potential, z0),
-            eager=potential,
+            potential,
+            gradient=gradient,
             seed=seed,
             max_tree_depth=preset.nuts_budget.max_tree_depth,
             dense_mass=full_mass,
@@ -502,16 +482,18 @@ def _run_nuts_batched(posterior, method, *, seed, preset, full_mass, progress) -
             return _stopped_nuts(method.name, str(stop), views[guard.chain], guard, preset)
         finally:
             bar.close()
-        values = {k: to_numpy(v) for k, v in potential.constrain(run.z).items()}
+        z = torch.as_tensor(run.z, device=z0.device)
+        values = {k: to_numpy(v) for k, v in potential.constrain(z).items()}
     finally:
         torch.set_num_threads(threads)
     draws = [{k: v[c] for k, v in values.items()} for c in range(chains)]
-    stats = {key: [to_numpy(getattr(run, key)[c, warmup:]) for c in range(chains)]
+    stats = {key: [getattr(run, key)[c, warmup:] for c in range(chains)]
              for key in ("n_steps", "diverging", "step_size")}  # fmt: skip
     guard.grad_evals_before = int(run.grad_evals.sum())
     result = _nuts_result(method.name, draws, stats, guard, preset,
                           preset.nuts_budget.max_tree_depth)  # fmt: skip
     result.diagnostics["batched_evals"] = run.batched_evals
+    result.diagnostics["potential"] = gradient.how
     return result
 
 
@@ -923,7 +905,7 @@ def _known_names() -> set[str]:
     """Every method name some model has, so that a known name gets the reason it does not
     apply here."""
     closed = (m for model in MODELS.values() for m in model.closed_forms)
-    return {NUTS_METHOD.name, BATCHED_NUTS_METHOD.name, *GUIDES, *closed}
+    return {NUTS_METHOD.name, NUTS_PYRO_METHOD.name, *GUIDES, *closed}
 
 
 def _unavailable(posterior: Posterior, name: str, available) -> ZooInputError:

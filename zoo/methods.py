@@ -53,14 +53,14 @@ def declare_methods(
     not_by_default: Iterable[str] = (),
     variants: Iterable[MethodSpec] = (),
 ) -> tuple[MethodSpec, ...]:
-    """The usual table of a model: its closed forms, then NUTS (``nuts``, Pyro's kernel, and
-    ``nuts_batched``, the zoo's batched sampler, which is not run by default), then one
+    """The usual table of a model: its closed forms, then NUTS (``nuts``, the zoo's sampler,
+    and ``nuts_pyro``, Pyro's kernel, which is not run by default), then one
     method per guide family (named by it), then any named ``variants``; the names in
     ``not_by_default`` are left out of the default set."""
     skip = set(not_by_default)
     specs = [MethodSpec(name, CLOSED_FORM, {"form": name}) for name in closed_forms]
     if nuts:
-        specs += [NUTS_METHOD, BATCHED_NUTS_METHOD]
+        specs += [NUTS_METHOD, NUTS_PYRO_METHOD]
     specs += [MethodSpec(name, name) for name in guides]
     specs += list(variants)
     names = [s.name for s in specs]
@@ -69,9 +69,10 @@ def declare_methods(
     return tuple(dataclasses.replace(s, default=s.default and s.name not in skip) for s in specs)
 
 
-#: NUTS under its usual name, as a model declares it: Pyro's kernel, chains in processes.
+#: NUTS under its usual name, as a model declares it: the zoo's sampler (comparisons.nuts),
+#: every chain advanced in one batched evaluation of the model's compiled potential.
 NUTS_METHOD = MethodSpec(NUTS, NUTS)
 
-#: The zoo's batched NUTS (comparisons.nuts), every chain in one tensor computation, by
-#: name (not run by default): faster where there are more chains than cores.
-BATCHED_NUTS_METHOD = MethodSpec("nuts_batched", NUTS, {"sampler": "batched"}, default=False)
+#: Pyro's own NUTS kernel, by name (not run by default), its chains in processes of their
+#: own where the machine has the cores: the sampler the zoo's is checked against.
+NUTS_PYRO_METHOD = MethodSpec("nuts_pyro", NUTS, {"sampler": "pyro"}, default=False)

@@ -75,7 +75,7 @@ class ModelSpec:
     @property
     def method_names(self) -> tuple[str, ...]:
         """Every method name a posterior of the model may offer."""
-        return self.methods or ("nuts", "nuts_batched", *self.guides, *self.closed_forms)
+        return self.methods or ("nuts", "nuts_pyro", *self.guides, *self.closed_forms)
 
     @property
     def module(self) -> ModuleType:

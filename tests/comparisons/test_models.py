@@ -177,7 +177,7 @@ def test_ppca_leaves_nuts_out_of_the_defaults_where_w_has_rotations():
     two = ppca.make_posterior("iris", latent_dim=2)
     assert "nuts" not in _defaults(two) and "rotations" in two.description["methods"]
     one = ppca.make_posterior("iris", latent_dim=1)
-    every = [m.name for m in one.methods if m.name != "nuts_batched"]  # only by name
+    every = [m.name for m in one.methods if m.name != "nuts_pyro"]  # only by name
     assert _defaults(one) == every and "methods" not in one.description
 
 

@@ -1,6 +1,7 @@
-"""The zoo's batched NUTS (comparisons.nuts, issue 13): its potential is Pyro's, its draws
-have the target's moments within their Monte Carlo error, a run is reproducible, and a model
-that does not vectorize over chains runs under Pyro's sampler instead, saying so."""
+"""The zoo's NUTS (comparisons.nuts, issue 13): its potential is Pyro's and its compiled
+gradient the eager one, its draws have the target's moments within their Monte Carlo error,
+a run is reproducible and a chain's draws are its own whatever it is batched with, and a
+model that does not vectorize over chains runs under Pyro's sampler instead, saying so."""
 
 from __future__ import annotations
 
@@ -16,11 +17,18 @@ import torch
 from helpers import TINY
 from pyro.infer.mcmc.util import initialize_model
 
-from comparisons.nuts import BatchedPotential, NotVectorized, Sampler, _checkpoints
+from comparisons.nuts import (
+    BatchedPotential,
+    Gradient,
+    NotVectorized,
+    Sampler,
+    _checkpoints,
+    _value_and_grad,
+)
 from comparisons.runners import NutsBudget, run_nuts
 from zoo import ModelForms, gmm, ppca
 from zoo import linear_regression as lr
-from zoo.methods import BATCHED_NUTS_METHOD
+from zoo.methods import NUTS_METHOD
 
 
 def _posteriors():
@@ -79,7 +87,7 @@ def _gaussian(z: torch.Tensor) -> torch.Tensor:
 def test_draws_have_the_gaussians_moments_within_their_monte_carlo_error(dense):
     sampler = Sampler(_gaussian, seed=0, dense_mass=dense)
     run = sampler.run(ZEROS, num_warmup=300, num_samples=500)
-    draws = run.z.numpy()
+    draws = run.z
     assert not run.diverging[:, 300:].any()
     sd = np.sqrt(np.diag(COV.numpy()))
     # Means and second moments, each against its own Monte Carlo standard error (ArviZ,
@@ -96,7 +104,7 @@ def test_draws_have_the_gaussians_moments_within_their_monte_carlo_error(dense):
     if dense:  # the adapted M^-1 is the covariance, up to its window's noise and shrinkage
         # Seen (mean over chains, seeds 0-2): 0.73-0.95 for 1, 3.2-4.1 for 4.5, 17.9-23.0
         # for 25, 0.008-0.011 for 0.01; the last window holds 100 correlated draws.
-        minv = run.inverse_mass_matrix.mean(0).numpy()
+        minv = run.inverse_mass_matrix.mean(0)
         assert np.allclose(minv, COV.numpy(), rtol=0.5, atol=0.6)
 
 
@@ -105,7 +113,7 @@ def test_a_run_is_reproducible_and_every_iteration_is_reported():
     first = Sampler(_gaussian, seed=3, on_iteration=lambda s, c, it: seen.append((c, it)))
     a = first.run(ZEROS[:3], num_warmup=30, num_samples=20)
     b = Sampler(_gaussian, seed=3).run(ZEROS[:3], num_warmup=30, num_samples=20)
-    assert torch.equal(a.z, b.z) and torch.equal(a.n_steps, b.n_steps)
+    assert np.array_equal(a.z, b.z) and np.array_equal(a.n_steps, b.n_steps)
     assert sorted(seen) == [(c, it) for c in range(3) for it in range(50)]
     # A chain's gradients are its own trees' leapfrog steps plus its set-up's.
     assert (a.grad_evals >= a.n_steps.sum(1)).all()
@@ -138,7 +146,7 @@ def test_a_model_that_does_not_vectorize_over_chains_runs_under_pyros_sampler():
     preset = dataclasses.replace(TINY, num_warmup=30, num_samples=20, nuts_budget=NutsBudget())
     for target in targets:
         with pytest.warns(UserWarning, match="Pyro's sampler ran it instead"):
-            run = run_nuts(target, BATCHED_NUTS_METHOD, seed=0, preset=preset)
+            run = run_nuts(target, NUTS_METHOD, seed=0, preset=preset)
         assert run.diagnostics["sampler"] == "pyro" and not run.stopped
         assert "sampler_fallback" in run.diagnostics
         assert run.draws["coef"].shape[:2] == (2, 20)
@@ -150,8 +158,9 @@ def test_a_model_that_does_not_vectorize_over_chains_runs_under_pyros_sampler():
 def test_the_batched_run_reports_its_sampler_and_its_evaluations():
     post = _posteriors()["regression"]
     preset = dataclasses.replace(TINY, num_warmup=40, num_samples=30)
-    run = run_nuts(post, BATCHED_NUTS_METHOD, seed=0, preset=preset)
-    assert run.diagnostics["sampler"] == "batched" and not run.stopped
+    run = run_nuts(post, NUTS_METHOD, seed=0, preset=preset)
+    assert run.diagnostics["sampler"] == "zoo" and not run.stopped
+    assert run.diagnostics["potential"] == "aten graph"
     assert run.draws["coef"].shape == (2, 30, 3)
     # Every batched evaluation moves both chains; each chain uses most of them.
     evals = run.diagnostics["batched_evals"]
@@ -171,4 +180,49 @@ def _fragile(z: torch.Tensor) -> torch.Tensor:
 def test_a_potential_that_fails_numerically_is_a_divergence_not_a_crash():
     run = Sampler(_fragile, seed=0).run(ZEROS[:2, :1], num_warmup=100, num_samples=200)
     assert run.diverging.any()  # steps beyond |z| = 1 were refused
-    assert (run.z.abs() < 1).all()
+    assert (np.abs(run.z) < 1).all()
+
+
+def test_a_chains_draws_are_its_own_whatever_it_is_batched_with():
+    start = torch.tensor([[0.5, -2.0, 0.05], [-1.0, 3.0, -0.1], [0.0, 1.0, 0.0]],
+                         dtype=torch.float64)  # fmt: skip
+    together = Sampler(_gaussian, seed=3, dense_mass=True).run(
+        start, num_warmup=200, num_samples=100
+    )
+    alone = Sampler(_gaussian, seed=3, chains=[1], dense_mass=True).run(
+        start[1:2], num_warmup=200, num_samples=100
+    )
+    # Chain 1's random numbers are its own: alone it takes the same trees to the same draws
+    # (this potential is a row-wise product, so a batch computes each row as alone).
+    assert np.array_equal(alone.n_steps[0], together.n_steps[1])
+    assert np.allclose(alone.z[0], together.z[1], rtol=1e-12, atol=1e-12)
+    assert not np.allclose(together.z[0], together.z[1])
+
+
+@pytest.mark.parametrize("name", ["regression", "mixture", "ppca"])
+def test_the_compiled_gradient_is_the_eager_one(name):
+    post = _posteriors()[name]
+    potential = BatchedPotential(post.forms.sample, post.data, post.max_plate_nesting)
+    z = 0.3 * torch.randn(2, potential.dim, generator=torch.Generator().manual_seed(2))
+    gradient = Gradient(potential, z)
+    assert gradient.how == "aten graph"
+    far = z + torch.randn(z.shape, generator=torch.Generator().manual_seed(3), dtype=z.dtype)
+    u, g = gradient(far)  # away from the point it was compiled at
+    u0, g0 = _value_and_grad(potential, far)
+    assert torch.allclose(u, u0, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(g, g0, rtol=1e-10, atol=1e-10)
+
+
+def _reads_a_value(z: torch.Tensor) -> torch.Tensor:
+    """A potential whose scale is read out of its argument as a Python number: a trace would
+    keep the number it saw."""
+    scale = 1.0 + float(z.detach().abs().max())
+    return 0.5 * (z**2).sum(-1) * scale
+
+
+def test_a_potential_that_no_trace_can_follow_stays_eager():
+    z = torch.full((2, 3), 0.5, dtype=torch.float64)
+    gradient = Gradient(_reads_a_value, z)
+    assert gradient.how == "eager"  # make_fx refuses; the JIT's trace differs near z
+    far = 2 * z
+    assert torch.allclose(gradient(far)[0], _reads_a_value(far))

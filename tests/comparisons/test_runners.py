@@ -22,7 +22,7 @@ from comparisons.metrics import verdict
 from comparisons.runners import PRESETS, NutsBudget, _Guard, _Stopped, run_nuts, tree_depth
 from zoo import ModelForms, gmm
 from zoo import linear_regression as lr
-from zoo.methods import NUTS_METHOD
+from zoo.methods import NUTS_PYRO_METHOD
 
 #: A correlation no diagonal mass matrix can undo: the narrow direction has sd
 #: sqrt(1 - RHO) ~ 3e-5 against sqrt(2) along the ridge, so every NUTS trajectory needs far
@@ -54,7 +54,7 @@ def _preset(budget: NutsBudget, num_warmup: int = 30, num_samples: int = 20, par
     )  # fmt: skip
 
 
-PYRO = NUTS_METHOD  # Pyro's kernel (the chains in turn or in processes)
+PYRO = NUTS_PYRO_METHOD  # Pyro's kernel (the chains in turn or in processes)
 
 LINUX_ONLY = pytest.mark.skipif(
     sys.platform != "linux", reason="chains are forked on Linux only; elsewhere they run in turn"
@@ -119,7 +119,8 @@ def test_nuts_whose_trees_hit_the_maximum_depth_is_stopped_with_a_verdict():
         r"stopped: trees at the maximum depth \(5\) on (80|100)% of the last 5 ", run.error
     )
     assert "try a simpler model" in run.error and "or a guide" in run.error
-    assert run.diagnostics["stopped_chain"] == 1
+    # The chains advance together: the stop names the one whose trees showed it first.
+    assert run.diagnostics["stopped_chain"] in (1, 2)
     iterations = run.diagnostics["stopped_iteration"]
     assert 8 <= iterations < 30 and run.diagnostics["stopped_in"] == "warm-up"
     # Trees of at most 31 leapfrog steps each, plus the set-up's evaluations.

@@ -4,6 +4,7 @@ and that copy is the contract of DESIGN.md section 3, ``../shared/results.schema
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -24,3 +25,12 @@ def test_validate_results_rejects_what_the_schema_does():
     jsonschema.Draft202012Validator.check_schema(results_schema())
     with pytest.raises(jsonschema.ValidationError):
         validate_results({"schema": 1})
+
+
+def test_every_method_name_a_model_offers_is_one_the_schema_accepts():
+    from zoo import MODELS
+
+    pattern = re.compile(results_schema()["properties"]["methods"]["propertyNames"]["pattern"])
+    names = {name for spec in MODELS.values() for name in spec.method_names}
+    assert {"nuts", "nuts_pyro"} <= names
+    assert [n for n in sorted(names) if not pattern.match(n)] == []
