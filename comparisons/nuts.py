@@ -176,12 +176,14 @@ class Gradient:
       half the time of the JIT-traced potential on the regression of ``make bench``);
     - ``"jit trace"``: the potential traced by ``torch.jit.trace``, as Pyro's NUTS with
       ``jit_compile``, and differentiated by autograd;
-    - ``"eager"``: the potential itself, where neither traces (a model whose control flow
-      depends on its values, say) or neither agrees with it.
+    - ``"eager"``: the potential itself, where neither traces or neither agrees with it. A
+      potential whose control flow reads its own values (``if z.sum() > 0``, a Python
+      number taken out of a tensor) stays eager: ``make_fx`` refuses it, and the JIT's trace
+      is not tried then, nor where tracing warns that it took a value as a constant.
 
-    ``how`` says which. Like any trace, a compiled form is the computation at z0: a model
-    whose branches depend on its latent values is caught by the check near z0 only where a
-    branch changes there; such a model should be run under ``nuts_pyro``.
+    ``how`` says which. Like any trace, a compiled form is the computation at z0; one that
+    fails later with an error that is not numerical (a shape that depends on the values) is
+    dropped for the eager potential, and ``how`` says so.
     """
 
     def __init__(self, potential: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor):
@@ -189,20 +191,40 @@ class Gradient:
         self.how, self.fn = "eager", None
         for how, build in (("aten graph", _aten_graph), ("jit trace", _jit_trace)):
             with warnings.catch_warnings():
-                # torch 2.13 marks torch.jit.trace deprecated; it is what runs the graph.
+                # torch 2.13 marks torch.jit.trace deprecated; it is what runs the graph. A
+                # TracerWarning (a value read as a constant) makes the trace unusable.
                 warnings.simplefilter("ignore")
+                warnings.simplefilter("error", torch.jit.TracerWarning)
                 try:
                     fn = build(potential, z0)
                     if _agrees(fn, potential, z0):
                         self.how, self.fn = how, fn
                         return
+                except _ReadsItsValues:
+                    return  # no trace can follow it: eager
                 except Exception:  # noqa: BLE001,S112 (a form that fails is not used)
                     continue
 
     def __call__(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.fn is None or z.shape != self.shape:
             return _value_and_grad(self.potential, z)
-        return self.fn(z)
+        try:
+            return self.fn(z)
+        except Exception as exc:  # noqa: BLE001 (numerical: the sampler's to handle)
+            if _numerical(exc):
+                raise
+            self.fn = None
+            self.how = f"eager (the {self.how} failed during the run: {_first_line(exc)})"
+        return _value_and_grad(self.potential, z)
+
+
+class _ReadsItsValues(Exception):
+    """make_fx found the potential reading a value out of a tensor (data-dependent flow)."""
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
 
 
 def _aten_graph(potential, z0: torch.Tensor):
@@ -211,10 +233,17 @@ def _aten_graph(potential, z0: torch.Tensor):
     def value_and_grad(z):
         return _value_and_grad(potential, z)
 
-    # Validation checks read tensor values (a data-dependent branch make_fx cannot record);
-    # the sampler's coordinates are unconstrained, so they have nothing to check.
+    # Validation checks read tensor values (a branch make_fx cannot record), so the graph
+    # has none: where the eager potential would raise on an invalid parameter (a covariance
+    # that is not positive definite), the graph gives NaN, which the sampler takes for a
+    # divergence, as Pyro's NUTS takes the eager error.
     with pyro.validation_enabled(False):
-        graph = make_fx(value_and_grad)(z0)
+        try:
+            graph = make_fx(value_and_grad)(z0)
+        except RuntimeError as exc:
+            if "data-dependent" in str(exc) or "_local_scalar_dense" in str(exc):
+                raise _ReadsItsValues(str(exc)) from exc
+            raise
     graph.graph.eliminate_dead_code()
     graph.recompile()
     with torch.no_grad():

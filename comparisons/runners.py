@@ -479,7 +479,9 @@ def _run_nuts_zoo(posterior, method, *, seed, preset, full_mass, progress) -> Me
         try:
             run = sampler.run(z0, num_warmup=warmup, num_samples=samples)
         except _Stopped as stop:
-            return _stopped_nuts(method.name, str(stop), views[guard.chain], guard, preset)
+            stopped = _stopped_nuts(method.name, str(stop), views[guard.chain], guard, preset)
+            stopped.diagnostics["potential"] = gradient.how
+            return stopped
         finally:
             bar.close()
         z = torch.as_tensor(run.z, device=z0.device)

@@ -220,9 +220,36 @@ def _reads_a_value(z: torch.Tensor) -> torch.Tensor:
     return 0.5 * (z**2).sum(-1) * scale
 
 
-def test_a_potential_that_no_trace_can_follow_stays_eager():
-    z = torch.full((2, 3), 0.5, dtype=torch.float64)
-    gradient = Gradient(_reads_a_value, z)
-    assert gradient.how == "eager"  # make_fx refuses; the JIT's trace differs near z
-    far = 2 * z
-    assert torch.allclose(gradient(far)[0], _reads_a_value(far))
+def _branches(z: torch.Tensor) -> torch.Tensor:
+    """A potential that takes one branch or the other by the sign of its argument: a trace
+    near a positive point would keep the first branch everywhere."""
+    if z.sum() > 0:
+        return 0.5 * (z**2).sum(-1)
+    return 0.25 * (z**4).sum(-1)
+
+
+def _keeps_the_positive(z: torch.Tensor) -> torch.Tensor:
+    """A potential whose intermediate shape depends on the values (the positive entries)."""
+    return 0.5 * (z[z > 0] ** 2).sum().expand(z.shape[0]) + 0.5 * (z**2).sum(-1)
+
+
+@pytest.mark.parametrize("potential", [_reads_a_value, _branches])
+def test_a_potential_that_reads_its_own_values_stays_eager(potential):
+    z = torch.full((1, 3), 0.5, dtype=torch.float64)
+    gradient = Gradient(potential, z)
+    assert gradient.how == "eager"  # make_fx refuses it; the JIT's trace is not tried
+    for point in (2 * z, -z):  # -z: the other branch
+        u, g = gradient(point)
+        u0, g0 = _value_and_grad(potential, point)
+        assert torch.equal(u, u0) and torch.equal(g, g0)
+
+
+def test_a_compiled_potential_that_fails_in_the_run_is_dropped_for_the_eager_one():
+    z = torch.full((1, 3), 0.5, dtype=torch.float64)
+    gradient = Gradient(_keeps_the_positive, z)
+    assert gradient.how == "aten graph"  # the same three entries are positive near z
+    point = torch.tensor([[0.5, -0.5, 0.5]], dtype=torch.float64)  # two positive
+    u, g = gradient(point)
+    u0, g0 = _value_and_grad(_keeps_the_positive, point)
+    assert torch.equal(u, u0) and torch.equal(g, g0)
+    assert gradient.how.startswith("eager (the aten graph failed during the run: ")

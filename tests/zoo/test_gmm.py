@@ -735,3 +735,22 @@ def test_the_diagonal_normal_mixture_is_mixture_same_family():
     pyro.set_rng_seed(1)
     b = theirs.sample((2,))
     assert a.shape == (2, 4, 50, 2) and torch.equal(a, b)
+
+
+def test_the_diagonal_normal_mixture_checks_its_data_under_a_plate():
+    from zoo.gmm.model import DiagonalNormalMixture
+
+    mixture = DiagonalNormalMixture(
+        torch.tensor([0.3, 0.7]), torch.zeros(2, 2), torch.ones(2, 2), validate_args=True
+    )
+    with pytest.raises(ValueError):  # a plate expands it: its checks go with it
+        mixture.expand((5,)).log_prob(torch.zeros(5, 1))  # one feature of two
+    with pytest.raises(ValueError, match="cannot expand"):
+        mixture.expand((3,)).expand((4,))
+    # A weight of 0 is clamped as Categorical clamps it: finite, as MixtureSameFamily.
+    edge = DiagonalNormalMixture(torch.tensor([0.0, 1.0]), torch.zeros(2, 2), torch.ones(2, 2))
+    same = dist.MixtureSameFamily(
+        dist.Categorical(torch.tensor([0.0, 1.0])), dist.Normal(torch.zeros(2, 2), 1.0).to_event(1)
+    )
+    x = torch.ones(3, 2)
+    torch.testing.assert_close(edge.log_prob(x), same.log_prob(x))

@@ -195,7 +195,8 @@ def model(
 class DiagonalNormalMixture(dist.TorchDistribution):
     """p(x) = sum_k w_k N(x; loc_k, diag(scale_k^2)): ``MixtureSameFamily(Categorical(w),
     Normal(locs, scales).to_event(1))`` with the same batch and event shapes, samples and
-    log density (to rounding: a test), whose ``log_prob`` takes about half the tensor passes.
+    log density (to rounding: a test; the weights are normalized and clamped away from 0 and
+    1 as ``Categorical`` does), whose ``log_prob`` takes about half the tensor passes.
 
     Its parameters stay as given when a plate expands it (``MixtureSameFamily`` expands every
     parameter to the plate's size and works on the copies): the per-component constant
@@ -213,16 +214,23 @@ class DiagonalNormalMixture(dist.TorchDistribution):
     has_rsample = False
 
     def __init__(self, weights, locs, scales, batch_shape=None, validate_args=None):
+        locs, scales = torch.broadcast_tensors(locs, scales)
         self.weights, self.locs, self.scales = weights, locs, scales
-        if batch_shape is None:
-            batch_shape = torch.broadcast_shapes(
-                weights.shape[:-1], locs.shape[:-2], scales.shape[:-2]
-            )
-        super().__init__(torch.Size(batch_shape), locs.shape[-1:], validate_args=validate_args)
+        own = torch.broadcast_shapes(weights.shape[:-1], locs.shape[:-2])
+        batch_shape = own if batch_shape is None else torch.Size(batch_shape)
+        if not _expands_to(own, batch_shape):
+            raise ValueError(f"cannot expand a mixture of batch shape {own} to {batch_shape}")
+        super().__init__(batch_shape, locs.shape[-1:], validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
-        return DiagonalNormalMixture(self.weights, self.locs, self.scales, batch_shape,
-                                     validate_args=False)  # fmt: skip
+        batch_shape = torch.Size(batch_shape)
+        if not _expands_to(self.batch_shape, batch_shape):
+            raise ValueError(f"cannot expand a mixture of batch shape {self.batch_shape} to"
+                             f" {batch_shape}")  # fmt: skip
+        new = DiagonalNormalMixture(self.weights, self.locs, self.scales, batch_shape,
+                                    validate_args=False)  # fmt: skip
+        new._validate_args = self._validate_args  # its parameters were checked here
+        return new
 
     def _same_family(self) -> dist.MixtureSameFamily:
         mixture = dist.MixtureSameFamily(
@@ -245,10 +253,20 @@ class DiagonalNormalMixture(dist.TorchDistribution):
         if self._validate_args:
             self._validate_sample(value)
         d = self.locs.shape[-1]
-        const = (self.weights.log() - self.scales.log().sum(-1)) - 0.5 * d * math.log(2 * math.pi)
+        probs = self.weights / self.weights.sum(-1, keepdim=True)
+        eps = torch.finfo(probs.dtype).eps
+        log_w = probs.clamp(min=eps, max=1 - eps).log()
+        const = (log_w - self.scales.log().sum(-1)) - 0.5 * d * math.log(2 * math.pi)
         z = (value.unsqueeze(-2) - self.locs) / self.scales
         log_prob = torch.logsumexp(const - 0.5 * (z * z).sum(-1), -1)
         return log_prob.expand(torch.broadcast_shapes(log_prob.shape, self.batch_shape))
+
+
+def _expands_to(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether a tensor of ``shape`` expands to ``target`` (its dims 1 or equal, from the right)."""
+    if len(shape) > len(target):
+        return False
+    return all(a in (1, b) for a, b in zip(reversed(shape), reversed(target)))
 
 
 def marginal_model(
