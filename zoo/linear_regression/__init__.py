@@ -53,6 +53,7 @@ from zoo.linear_regression.model import (
 )
 from zoo.linear_regression.posterior import (
     make_posterior,
+    simulated_posterior,
     with_options,
 )
 
@@ -67,6 +68,7 @@ __all__ = [
     "exact_posterior",
     "load_dataset",
     "make_posterior",
+    "simulated_posterior",
     "model",
     "simulate",
     "with_options",

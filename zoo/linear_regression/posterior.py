@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+from pyro import poutine
 
 from zoo.datasets import numeric_columns, resolve_data, split_rows
 from zoo.errors import ZooInputError
@@ -22,6 +23,7 @@ from zoo.linear_regression.model import Priors, default_priors, model
 from zoo.methods import declare_methods
 from zoo.posterior import ClosedForm, ModelForms, Posterior, PredictiveGrid, bind
 from zoo.registry import get_model
+from zoo.tensors import to_numpy
 
 #: The model's registry key, in its posteriors and messages.
 NAME = "linear_regression"
@@ -87,6 +89,16 @@ def make_posterior(
         per column of the design, ``sigma_prior``, ``sigma_scale``, ``sigma_known``,
         ``sigma_shape``); a built-in set's own apply where not given.
     """
+    rows, priors, dataset, options = _resolved(
+        data, target, features, degree, prior, center, intercept, test_fraction, seed,
+        prior_options,
+    )  # fmt: skip
+    return _posterior(rows, priors, dataset, degree, options, truth, dtype, device)
+
+
+def _resolved(data, target, features, degree, prior, center, intercept, test_fraction, seed,
+              prior_options) -> tuple[_Rows, Priors, str, dict[str, bool]]:  # fmt: skip
+    """The checked rows, the priors they set, the data set's name and the model options."""
     load = functools.partial(load_dataset, seed=seed)
     frame, dataset, builtin = resolve_data(data, NAME, DATASETS, load)
     target, intercept, prior_options = _options(builtin, target, intercept, prior_options)
@@ -94,7 +106,54 @@ def make_posterior(
     options = {"center": _center(center, intercept), "intercept": intercept}
     _check_fit(rows, prior=prior, coef_scale=prior_options.get("coef_scale"), intercept=intercept)
     priors = default_priors(rows.x, rows.y, family=prior, **prior_options)
-    return _posterior(rows, priors, dataset, degree, options, truth, dtype, device)
+    return rows, priors, dataset, options
+
+
+def simulated_posterior(
+    data: pd.DataFrame | str | Path,
+    replication_seed: int,
+    *,
+    target: str | None = None,
+    features: Sequence[str] | None = None,
+    degree: int = 1,
+    prior: str = "weakly_informative",
+    center: bool | None = None,
+    intercept: bool | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    **prior_options: Any,
+) -> tuple[dict[str, np.ndarray], Posterior]:
+    """One replication of simulation-based calibration: the true parameters drawn from the
+    prior (seeded ``replication_seed``) and the posterior of a response simulated from them
+    on the predictors of ``data``.
+
+    The priors are those :func:`make_posterior` sets on ``data`` (scaled to its response),
+    fixed for every replication: they must not move with the simulated response, or the
+    ranks of even the exact posterior would not be uniform. Same options as
+    :func:`make_posterior`. Returns the truth (``intercept``, ``coef``, ``sigma``, as the
+    model's sites hold them) and the Posterior of (x, simulated y), every row fitted.
+    """
+    if prior == "flat":
+        raise ZooInputError(
+            "calibration draws the parameters from the prior; a flat prior has no draws:"
+            " choose --prior weakly_informative or conjugate"
+        )
+    rows, priors, dataset, options = _resolved(
+        data, target, features, degree, prior, center, intercept, 0.0, seed, prior_options
+    )
+    intercept = options["intercept"]
+    x = torch.as_tensor(rows.x, dtype=dtype)
+    x_mean = x.mean(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(replication_seed)
+        trace = poutine.trace(model).get_trace(x, None, priors=priors, x_mean=x_mean, **options)
+    sites = (("intercept",) if intercept else ()) + ("coef",)
+    sites += () if priors.sigma_known is not None else ("sigma",)
+    truth = {s: to_numpy(trace.nodes[s]["value"]).copy() for s in sites}
+    y = to_numpy(trace.nodes["y"]["value"]).copy()
+    simulated = rows._replace(y=y, y_test=y[:0])
+    return truth, _posterior(simulated, priors, f"{dataset} (simulated y)", degree, options,
+                             truth, dtype, "cpu")  # fmt: skip
 
 
 def _options(

@@ -1,0 +1,238 @@
+"""Simulation-based calibration (SBC; Talts, Betancourt, Simpson, Vehtari and Gelman 2018)
+of the zoo's methods, one replication per Dask task (:mod:`comparisons.engine`).
+
+A replication draws the parameters from the prior, simulates a data set of the chosen design
+from them (the regression keeps the data set's predictors), runs each method on it, and
+records, for every scalar parameter, the rank of the true value among ``L`` of the method's
+posterior draws (NUTS's thinned evenly over its chains). If a method's posterior is the
+posterior, the true value is a draw from it as much as any other, and its rank is uniform on
+0..L over replications. Its departures have shapes:
+
+- over-confident (intervals too narrow): ranks pile up at both ends (a U);
+- under-confident (too wide): ranks pile up in the middle;
+- biased: ranks lean to one end (the posterior sits above or below the truth).
+
+The test of uniformity is the ECDF of the ranks against the uniform one, inside the
+simultaneous band of Säilynoja, Bürkner and Vehtari (2022) (ArviZ's optimized band): a
+parameter is flagged when any point of its ECDF leaves the band. The band's level is 95% for
+the method as a whole: with P parameters each band is at 1 - 0.05 / P (Bonferroni), so a
+calibrated method is flagged on any parameter in at most 5% of calibrations. The coverage of
+the central 50% and 90% intervals (the share of replications whose truth falls inside) and,
+for variational methods, the symmetry test of Yao, Vehtari, Simpson and Gelman (2018) (VSBC:
+the truth's quantile under q and one minus it have the same distribution where q is
+symmetric about the posterior) name the departure.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+#: Draws each method's posterior is ranked among (L): ranks run from 0 to L.
+NUM_RANK_DRAWS = 99
+
+#: The level of the ECDF bands of one method, over all its parameters (Säilynoja et al.
+#: 2022, Bonferroni across parameters).
+BAND_PROB = 0.95
+
+#: Methods whose draws come from a fitted q (the VSBC symmetry test applies to them).
+VARIATIONAL = ("mean_field", "low_rank", "full_rank", "flow", "laplace", "amortized")
+
+
+def replication(
+    model: str,
+    data: str,
+    options: Mapping[str, Any],
+    methods: Sequence[str],
+    *,
+    seed: int,
+    replication: int,
+    preset: str,
+    num_rank_draws: int = NUM_RANK_DRAWS,
+) -> dict[str, Any]:
+    """One SBC replication (a Dask task; plain arguments, a JSON-ready result).
+
+    Replication r draws its truth and runs its methods with seed ``seed + r``. Returns the
+    truth per scalar parameter (ArviZ labels, ``coef[mom_iq]``), and per method the rank of
+    each truth among ``num_rank_draws`` posterior draws, its wall time and diagnostics (a
+    method that fails or is stopped has ``error`` instead of ranks)."""
+    import torch
+
+    from comparisons.runners import PRESETS, resolve_methods, run_method
+    from zoo import get_model
+
+    torch.set_default_dtype(torch.float64)
+    spec = get_model(model)
+    simulate = getattr(spec.module, "simulated_posterior", None)
+    if simulate is None:
+        raise ValueError(f"{model} has no simulated_posterior: calibration does not run on it")
+    rep_seed = seed + replication
+    truth, post = simulate(data, rep_seed, seed=seed, **options)
+    true_values = _scalars({k: np.asarray(v)[None] for k, v in truth.items()}, post)
+    out: dict[str, Any] = {}
+    for method in resolve_methods(post, list(methods)):
+        start = time.perf_counter()
+        try:
+            run = run_method(post, method, seed=rep_seed, preset=PRESETS[preset])
+        except Exception as exc:  # noqa: BLE001 (a method's failure is its record, not the task's)
+            out[method.name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            continue
+        wall = time.perf_counter() - start
+        if run.stopped or not run.draws:
+            out[method.name] = {"error": run.error or "no draws", "wall_s": wall}
+            continue
+        draws = _scalars(_thinned(post, run.draws, num_rank_draws), post)
+        ranks = {
+            label: int(np.sum(draws[label] < float(value.ravel()[0])))
+            for label, value in true_values.items()
+        }
+        keep = ("divergences", "r_hat_max", "ess_bulk_min", "converged", "khat")
+        out[method.name] = {
+            "ranks": ranks,
+            "wall_s": wall,
+            "diagnostics": {k: run.diagnostics[k] for k in keep if k in run.diagnostics},
+        }
+    return {
+        "replication": replication,
+        "seed": rep_seed,
+        "truth": {k: float(v.ravel()[0]) for k, v in true_values.items()},
+        "methods": out,
+    }
+
+
+def _thinned(post, draws: Mapping[str, np.ndarray], num: int) -> dict[str, np.ndarray]:
+    """``num`` draws (num, *shape) of every site of the posterior, evenly spaced over the
+    chains' draws (chain, draw, *shape) in chain order; a reported site the method does not
+    sample (the regression's ``intercept``, from ``intercept_centered``) pushed through the
+    model from them."""
+    from comparisons.convert import push_forward
+
+    total = int(np.prod(next(iter(draws.values())).shape[:2]))
+    if total < num:
+        raise ValueError(f"{total} draws to rank among, fewer than {num}")
+    pick = np.linspace(0, total - 1, num).round().astype(int)
+    kept = {k: np.asarray(v).reshape(total, *v.shape[2:])[pick] for k, v in draws.items()}
+    missing = [s for s in post.sites if s not in kept]
+    if missing:
+        pushed = push_forward(post, kept, post.data)
+        kept.update({s: pushed[s] for s in missing})
+    return kept
+
+
+def _scalars(draws: Mapping[str, np.ndarray], post) -> dict[str, np.ndarray]:
+    """Each scalar of the posterior's sites as (draw,), under its ArviZ label."""
+    out = {}
+    for site in post.sites:
+        value = np.asarray(draws[site])
+        shape = value.shape[1:]
+        dims = post.dims.get(site, [])
+        for index in np.ndindex(*shape):
+            if not index:
+                out[site] = value
+                continue
+            names = [
+                str(post.coords[dims[i]][j]) if i < len(dims) and dims[i] in post.coords else str(j)
+                for i, j in enumerate(index)
+            ]
+            out[f"{site}[{', '.join(names)}]"] = value[(slice(None), *index)]
+    return out
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+@cache
+def ecdf_band(num: int, num_rank_draws: int, prob: float) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper simultaneous ``prob`` bands of the ECDF of ``num`` uniform ranks on
+    0..L, at the ranks 0..L-1 (Säilynoja et al. 2022, ArviZ's optimized band)."""
+    from arviz.stats.ecdf_utils import ecdf_confidence_band
+
+    points = np.arange(num_rank_draws)
+    cdf = (points + 1) / (num_rank_draws + 1)
+    lower, upper = ecdf_confidence_band(num, points, cdf, prob=prob, method="optimized")
+    return np.asarray(lower), np.asarray(upper)
+
+
+def judge(
+    ranks: Sequence[int], num_rank_draws: int, variational: bool, num_params: int = 1
+) -> dict[str, Any]:
+    """The calibration of one method on one of its ``num_params`` parameters from its ranks
+    over replications: whether their ECDF stays in the simultaneous band (at level
+    1 - 0.05 / num_params), the coverage of the central 50% and 90% intervals, the mean
+    fractional rank, VSBC's symmetry p-value (variational methods) and a verdict in words."""
+    from scipy import stats
+
+    r = np.asarray(ranks, dtype=float)
+    n, L = len(r), num_rank_draws
+    u = (r + 0.5) / (L + 1)  # the truth's quantile under the method's posterior
+    points = np.arange(L)
+    ecdf = (r[None, :] <= points[:, None]).mean(1)
+    prob = round(1 - (1 - BAND_PROB) / num_params, 6)
+    lower, upper = ecdf_band(n, L, prob)
+    inside = bool(np.all((ecdf >= lower) & (ecdf <= upper)))
+    cover50 = float(np.mean(np.abs(u - 0.5) < 0.25))
+    cover90 = float(np.mean(np.abs(u - 0.5) < 0.45))
+    mean_u = float(u.mean())
+    out = {
+        "n": n,
+        "band_prob": prob,
+        "inside_band": inside,
+        "coverage_50": cover50,
+        "coverage_90": cover90,
+        "mean_rank_fraction": mean_u,
+        "max_ecdf_diff": float(np.max(np.abs(ecdf - (points + 1) / (L + 1)))),
+    }
+    if variational:
+        out["vsbc_p"] = float(stats.ks_2samp(u, 1 - u).pvalue)
+    out["verdict"] = _verdict(out, n)
+    return out
+
+
+def _verdict(j: Mapping[str, Any], n: int) -> str:
+    """Words for a judgement: calibrated, or which way it departs (two binomial or uniform
+    standard errors away from the nominal coverage or the middle rank)."""
+    if j["inside_band"]:
+        return "calibrated"
+    se90, se50 = math.sqrt(0.09 / n), math.sqrt(0.25 / n)
+    z90 = (j["coverage_90"] - 0.9) / se90
+    z50 = (j["coverage_50"] - 0.5) / se50
+    z_mean = (j["mean_rank_fraction"] - 0.5) / math.sqrt(1 / 12 / n)
+    words = []
+    if z90 < -2 or z50 < -2:
+        words.append("over-confident")
+    elif z90 > 2 or z50 > 2:
+        words.append("under-confident")
+    if abs(z_mean) > 2:
+        side = "below" if z_mean > 0 else "above"
+        words.append(f"biased (the posterior sits {side} the truth)")
+    return ", ".join(words) if words else "miscalibrated (ranks not uniform)"
+
+
+def summarize(results: Mapping[str, Mapping[str, Any]], methods: Sequence[str],
+              num_rank_draws: int) -> dict[str, Any]:  # fmt: skip
+    """Per method and parameter, every replication's rank (in replication order) and the
+    judgement of :func:`judge`; failed replications counted per method."""
+    reps = sorted(results.values(), key=lambda r: r["replication"])
+    out: dict[str, Any] = {}
+    for m in methods:
+        ok = [r for r in reps if "ranks" in r["methods"].get(m, {})]
+        failed = [r["replication"] for r in reps if "error" in r["methods"].get(m, {})]
+        params: dict[str, Any] = {}
+        if ok:
+            labels = list(ok[0]["methods"][m]["ranks"])
+            for label in labels:
+                ranks = [r["methods"][m]["ranks"][label] for r in ok]
+                judged = judge(ranks, num_rank_draws, m in VARIATIONAL, len(labels))
+                params[label] = {"ranks": ranks, **judged}
+        out[m] = {
+            "replications": [r["replication"] for r in ok],
+            "failed_replications": failed,
+            "wall_s_mean": float(np.mean([r["methods"][m]["wall_s"] for r in ok])) if ok else None,
+            "parameters": params,
+        }
+    return out
