@@ -41,6 +41,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_linear_regression.py
 	$(BIN)/python benchmarks/bench_gmm.py
 	$(BIN)/python benchmarks/bench_vae.py
+	$(BIN)/python benchmarks/bench_calibration.py
 
 # Remakes docs/figures/ from the examples of the pages that show them.
 docs-figures: $(VENV)/.installed-test

@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,12 +53,14 @@ def replication(
     *,
     seed: int,
     replication: int,
-    preset: str,
+    preset: str | Any,
     num_rank_draws: int = NUM_RANK_DRAWS,
 ) -> dict[str, Any]:
     """One SBC replication (a Dask task; plain arguments, a JSON-ready result).
 
-    Replication r draws its truth and runs its methods with seed ``seed + r``. Returns the
+    Replication r draws its truth and runs its methods with its own seed, drawn from
+    (``seed``, r) (:func:`replication_seed`: calibrations of seeds 0 and 1 share no
+    replication). Returns the
     truth per scalar parameter (ArviZ labels, ``coef[mom_iq]``), and per method the rank of
     each truth among ``num_rank_draws`` posterior draws, its wall time and diagnostics (a
     method that fails or is stopped has ``error`` instead of ranks)."""
@@ -71,14 +74,15 @@ def replication(
     simulate = getattr(spec.module, "simulated_posterior", None)
     if simulate is None:
         raise ValueError(f"{model} has no simulated_posterior: calibration does not run on it")
-    rep_seed = seed + replication
+    rep_seed = replication_seed(seed, replication)
     truth, post = simulate(data, rep_seed, seed=seed, **options)
     true_values = _scalars({k: np.asarray(v)[None] for k, v in truth.items()}, post)
     out: dict[str, Any] = {}
     for method in resolve_methods(post, list(methods)):
         start = time.perf_counter()
         try:
-            run = run_method(post, method, seed=rep_seed, preset=PRESETS[preset])
+            settings = PRESETS[preset] if isinstance(preset, str) else preset
+            run = run_method(post, method, seed=rep_seed, preset=settings)
         except Exception as exc:  # noqa: BLE001 (a method's failure is its record, not the task's)
             out[method.name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             continue
@@ -122,6 +126,14 @@ def _thinned(post, draws: Mapping[str, np.ndarray], num: int) -> dict[str, np.nd
         pushed = push_forward(post, kept, post.data)
         kept.update({s: pushed[s] for s in missing})
     return kept
+
+
+def replication_seed(seed: int, replication: int) -> int:
+    """The seed of replication r of a calibration seeded ``seed``: a number from 0 to
+    2**31 - 1 that NumPy's SeedSequence draws from the pair, so two calibrations' seeds
+    meet only by chance."""
+    state = np.random.SeedSequence([seed, replication]).generate_state(1, dtype=np.uint32)
+    return int(state[0] >> 1)
 
 
 def _scalars(draws: Mapping[str, np.ndarray], post) -> dict[str, np.ndarray]:
@@ -236,3 +248,158 @@ def summarize(results: Mapping[str, Mapping[str, Any]], methods: Sequence[str],
             "parameters": params,
         }
     return out
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def calibrate(
+    model: str,
+    data: Any,
+    options: Mapping[str, Any],
+    methods: Sequence[str],
+    *,
+    replications: int,
+    seed: int,
+    preset: str | Any,
+    out_dir: str | Path,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    num_rank_draws: int = NUM_RANK_DRAWS,
+) -> dict[str, Any]:
+    """Calibrate ``methods`` of ``model`` by ``replications`` SBC replications on Dask
+    (:func:`comparisons.engine.run_tasks`): each replication's result lands in
+    ``out_dir/replications/rep-NNNN.json`` as it finishes, and a rerun of the same job
+    resumes. Then ``results.json`` (schema 1 with a ``calibration`` section), the figures
+    and ``index.html`` are written. Returns the results."""
+    from comparisons.compare import versions
+    from comparisons.engine import Task, run_tasks
+
+    out_dir = Path(out_dir)
+    preset_name = preset if isinstance(preset, str) else preset.name
+    settings = {"model": model, "data": _data_key(data), "options": dict(options),
+                "methods": list(methods), "seed": seed, "preset": preset_name,
+                "num_rank_draws": num_rank_draws}  # fmt: skip
+    job = out_dir / "replications"
+    _check_job(job, settings)
+    tasks = [
+        Task(
+            f"rep-{r:04d}",
+            replication,
+            {
+                "model": model,
+                "data": data,
+                "options": dict(options),
+                "methods": list(methods),
+                "seed": seed,
+                "replication": r,
+                "preset": preset,
+                "num_rank_draws": num_rank_draws,
+            },
+        )  # fmt: skip
+        for r in range(replications)
+    ]
+    run = run_tasks(tasks, job, scheduler=scheduler, workers=workers, progress=progress,
+                    label="calibrate")  # fmt: skip
+    summary = summarize(run.results, methods, num_rank_draws)
+    truth = [run.results[t.key]["truth"] for t in tasks if t.key in run.results]
+    results = {
+        "schema": 1,
+        "model": model,
+        **_design(model, data, options, seed),
+        "seed": seed,
+        "preset": preset_name,
+        "reference": None,
+        "versions": versions(),
+        "methods": {m: _method_record(summary[m], run.results) for m in methods},
+        "calibration": {
+            "replications": replications,
+            "finished": len(run.results),
+            "failed": {k: v for k, v in run.failed.items()},
+            "num_rank_draws": num_rank_draws,
+            "band_prob": BAND_PROB,
+            "engine": {
+                "scheduler": run.scheduler,
+                "workers": run.workers,
+                "ran": run.ran,
+                "resumed": run.resumed,
+                "wall_s": run.wall_s,
+            },  # fmt: skip
+            "truth": truth,
+            "methods": summary,
+        },
+    }
+    from comparisons.calibration_report import write_report
+
+    write_report(out_dir, results)
+    return results
+
+
+def _check_job(job: Path, settings: Mapping[str, Any]) -> None:
+    """The job folder holds replications of these settings only: a folder of another job's
+    (other methods, seed, preset...) is refused rather than mixed in."""
+    import json
+
+    from comparisons.engine import _write
+    from zoo.errors import ZooInputError
+
+    path = job / "job.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before != json.loads(json.dumps(settings)):
+            changed = sorted(k for k in settings if before.get(k) != settings[k])
+            raise ZooInputError(
+                f"{job} holds the replications of another calibration (it differs in"
+                f" {', '.join(changed)}); choose another --out-dir or remove that folder"
+            )
+        return
+    job.mkdir(parents=True, exist_ok=True)
+    _write(path, settings)
+
+
+def _data_key(data: Any) -> str:
+    """The data as the job's settings name it: a name or path, or a table's content hash."""
+    if isinstance(data, str | Path):
+        return str(data)
+    import hashlib
+
+    import pandas as pd
+
+    digest = hashlib.sha256(pd.util.hash_pandas_object(data, index=True).values.tobytes())
+    return f"table {digest.hexdigest()[:16]}"
+
+
+def _design(model: str, data: Any, options: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """The data set's name and rows, as a replication's posterior has them."""
+    from zoo import get_model
+
+    _, post = get_model(model).module.simulated_posterior(data, seed, seed=seed, **options)
+    return {"dataset": post.dataset, "num_data": int(len(post.data[post.obs_site]))}
+
+
+def _method_record(summary: Mapping[str, Any], results: Mapping[str, Any]) -> dict[str, Any]:
+    """The method's line of results.json (schema 1): total wall time over replications,
+    its verdict counts as diagnostics, its worst coverages as metrics."""
+    params = summary["parameters"]
+    verdicts = [p["verdict"] for p in params.values()]
+    flagged = sorted({v for v in verdicts if v != "calibrated"})
+    diagnostics: dict[str, Any] = {
+        "replications": len(summary["replications"]),
+        "failed_replications": len(summary["failed_replications"]),
+        "parameters_calibrated": sum(v == "calibrated" for v in verdicts),
+        "parameters": len(verdicts),
+        "verdict": "; ".join(flagged) or ("calibrated" if verdicts else "no replications"),
+    }
+    metrics = {}
+    if params:
+        metrics["coverage_90_min"] = min(p["coverage_90"] for p in params.values())
+        metrics["coverage_50_min"] = min(p["coverage_50"] for p in params.values())
+        metrics["max_ecdf_diff"] = max(p["max_ecdf_diff"] for p in params.values())
+    wall = summary["wall_s_mean"]
+    return {
+        "cost": {"wall_s": 0.0 if wall is None else wall * len(summary["replications"])},
+        "summary": {},
+        "diagnostics": diagnostics,
+        "metrics": metrics,
+    }

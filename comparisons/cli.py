@@ -270,7 +270,70 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--method", required=True, help="nuts, a guide name, or a closed form")
     rep = sub.add_parser("report", help="re-render index.html and figures from a folder")
     rep.add_argument("dir", type=Path)
+    _add_calibrate(sub)
     return parser
+
+
+def _add_calibrate(sub) -> None:
+    cal = sub.add_parser(
+        "calibrate",
+        help="simulation-based calibration: do a method's intervals hold the truth as often"
+        " as they say? (many fits, run on Dask)",
+    )
+    _add_data_options(cal)
+    cal.add_argument(
+        "--methods",
+        type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
+        help="comma-separated methods (default: every method a comparison runs by default)",
+    )
+    cal.add_argument(
+        "--replications", type=int, default=100, help="simulated data sets, one fit each (100)"
+    )
+    cal.add_argument(
+        "--preset", default="smoke", help="smoke (the default here: many fits) or full"
+    )
+    cal.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        help="seed of the calibration; each replication's own is drawn from it (0)",
+    )
+    cal.add_argument(
+        "--out-dir", type=Path, help="output folder (default reports/calibrate-<model>-<dataset>/)"
+    )
+    cal.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes of the local Dask cluster (default: one per core)",
+    )
+    cal.add_argument(
+        "--scheduler",
+        help="address of a running Dask scheduler (tcp://host:8786) to send the"
+        " replications to instead of a local cluster",
+    )
+    cal.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar as replications finish (default: on when stderr is a terminal)",
+    )
+    _add_regression_options(cal.add_argument_group("linear_regression"))
+    cal.set_defaults(device="cpu")
+    sw = sub.add_parser(
+        "sweep",
+        help="a grid of comparisons (runs x seeds) from a TOML file, run on Dask, with"
+        " one summary report across them (see docs/calibration.md)",
+    )
+    sw.add_argument("file", type=Path, help="the sweep's TOML file")
+    sw.add_argument("--out-dir", type=Path, help="output folder (default reports/sweep-<file>/)")
+    for flag, text in (("--workers", "worker processes of the local Dask cluster (default:"
+                        " one per core)"), ("--scheduler", "address of a running Dask scheduler"
+                        " (tcp://host:8786) to send the comparisons to")):  # fmt: skip
+        sw.add_argument(flag, type=int if flag == "--workers" else str, help=text)
+    sw.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="a progress bar as comparisons finish (default: on when stderr is a terminal)",
+    )  # fmt: skip
 
 
 def _list() -> str:
@@ -456,6 +519,68 @@ def _run(args: argparse.Namespace, ks: list[int] | None, out_dir: Path) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    """``zoo calibrate``: its arguments checked, then the replications on Dask."""
+    spec, options, data = _options(args)
+    if args.preset not in PRESET_NAMES:
+        raise ZooInputError(
+            f"unknown preset '{args.preset}'; choose one of: {', '.join(PRESET_NAMES)}"
+        )
+    if args.replications < 2:
+        raise ZooInputError(f"--replications must be at least 2, got {args.replications}")
+    if args.workers is not None and args.workers < 1:
+        raise ZooInputError(f"--workers must be at least 1, got {args.workers}")
+    _check_methods(spec, args.methods or [], "--methods")
+    out_dir = args.out_dir or Path("reports") / f"calibrate-{spec.name}-{Path(data).stem}"
+    check_writable(out_dir)
+    import pyro
+    import torch
+
+    torch.set_num_threads(1)
+    pyro.enable_validation(False)
+    if not hasattr(spec.module, "simulated_posterior"):
+        raise ZooInputError(
+            f"zoo calibrate does not run on {spec.name} yet; it runs on linear_regression"
+        )
+    from comparisons.calibration import calibrate
+    from comparisons.runners import resolve_methods
+
+    _, posterior = _posterior(args)  # the data's own checks, and the default methods
+    methods = [m.name for m in resolve_methods(posterior, args.methods)]
+    results = calibrate(
+        spec.name, data, options, methods, replications=args.replications, seed=args.seed,
+        preset=args.preset, out_dir=out_dir, scheduler=args.scheduler, workers=args.workers,
+        progress=_progress(args),
+    )  # fmt: skip
+    for method, record in results["methods"].items():
+        d = record["diagnostics"]
+        print(f"{method:<12} {d['parameters_calibrated']} of {d['parameters']} parameters"
+              f" calibrated; {d['verdict']}")  # fmt: skip
+    print(f"report: {out_dir / 'index.html'}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """``zoo sweep FILE.toml``: the file checked, then its comparisons on Dask."""
+    from comparisons.sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(args.file)  # every error of the file before a worker starts
+    if args.workers is not None and args.workers < 1:
+        raise ZooInputError(f"--workers must be at least 1, got {args.workers}")
+    out_dir = args.out_dir or Path("reports") / f"sweep-{args.file.stem}"
+    check_writable(out_dir)
+    summary = run_sweep(args.file, out_dir, scheduler=args.scheduler, workers=args.workers,
+                        progress=_progress(args))  # fmt: skip
+    done = sum(v == "done" for v in summary["cells"].values())
+    print(f"{done} of {len(summary['cells'])} comparisons done ({len(sweep.runs)} runs x"
+          f" {len(sweep.seeds)} seeds)")  # fmt: skip
+    for key, state in summary["cells"].items():
+        if state != "done":
+            print(f"{key}: {state}", file=sys.stderr)
+    print(f"report: {out_dir / 'index.html'}")
+    return 0 if done == len(summary["cells"]) else 1
+
+
 def _run_options(args: argparse.Namespace, spec, num_data: int, out_dir: Path) -> dict:
     """The keyword arguments that ``compare`` and ``select_components`` take alike."""
     return {
@@ -565,6 +690,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"report: {render(args.dir)}")
             return 0
+        if args.command == "calibrate":
+            return _calibrate(args)
+        if args.command == "sweep":
+            return _sweep(args)
         ks, out_dir = _check(args)  # before torch: argument errors answer at once
         import pyro
         import torch

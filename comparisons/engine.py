@@ -68,12 +68,15 @@ def run_tasks(
     workers: int | None = None,
     progress: bool = True,
     label: str = "tasks",
+    on_result: Callable[[Task, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> JobRun:
     """Run every task of ``tasks`` whose result is not yet in ``folder``, on Dask.
 
     ``scheduler``: the address of a running Dask scheduler; None starts a ``LocalCluster``
     of ``workers`` single-thread worker processes (default: one per core). Results are
-    written as they come back; ``progress`` shows a bar on stderr as tasks finish."""
+    written as they come back; ``progress`` shows a bar on stderr as tasks finish.
+    ``on_result(task, result)``, where given, sees each result as it arrives on the client
+    (to write files that came with it, say) and returns what is kept of it."""
     start = time.perf_counter()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -115,8 +118,11 @@ def run_tasks(
                     bar.write(f"zoo: {label}: task {task.key} failed: {failed[task.key]}",
                               file=sys.stderr)  # fmt: skip
                 else:
-                    results[task.key] = future.result()
-                    _write(folder / f"{task.key}.json", results[task.key])
+                    result = future.result()
+                    if on_result is not None:
+                        result = on_result(task, result)
+                    results[task.key] = result
+                    _write(folder / f"{task.key}.json", result)
                     (folder / f"{task.key}.error.json").unlink(missing_ok=True)
                 bar.update(1)
                 future.release()
@@ -149,6 +155,8 @@ def _client(scheduler: str | None, workers: int | None):
         with client:
             yield client, scheduler
         return
+    # The cluster's own chatter (workers joining and leaving at shutdown) is not the user's.
+    logging.getLogger("distributed").setLevel(logging.ERROR)
     n = cores() if workers is None else int(workers)
     if n < 1:
         raise ZooInputError(f"--workers must be at least 1, got {workers}")
@@ -169,11 +177,18 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def _write(path: Path, value: Mapping[str, Any]) -> None:
     """``value`` as JSON at ``path``, whole or not at all (a temporary file, then rename)."""
-    text = json.dumps(value, allow_nan=True, default=_plain)
+    write_atomic(path, json.dumps(value, allow_nan=True, default=_plain).encode())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """``data`` at ``path``, whole or not at all (a temporary file beside it, then rename)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        mask = os.umask(0o022)  # read the umask (by setting it and setting it back)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # the mode an ordinary write gives (mkstemp's is 0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

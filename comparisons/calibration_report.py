@@ -1,0 +1,161 @@
+"""The report of a calibration (``zoo calibrate``): results.json, one figure per method (rank
+histograms over ECDF-difference plots, one column per parameter) and a self-contained
+index.html, every file written whole or not at all."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from comparisons.calibration import BAND_PROB, ecdf_band  # noqa: E402
+from comparisons.compare import _atomic_write_text  # noqa: E402
+from comparisons.report import _img  # noqa: E402
+
+#: Bins of the rank histograms (ranks 0..L share them evenly when L + 1 is a multiple).
+BINS = 20
+
+
+def write_report(out_dir: Path, results: dict[str, Any]) -> Path:
+    """results.json, figures/calibration-<method>.png and index.html in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    cal = results["calibration"]
+    figures = {}
+    for method, summary in cal["methods"].items():
+        if summary["parameters"]:
+            figures[method] = plot_method(method, summary, cal["num_rank_draws"], fig_dir)
+    _atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
+    page = out_dir / "index.html"
+    _atomic_write_text(page, _page(results, figures))
+    return page
+
+
+def plot_method(method: str, summary: dict[str, Any], num_rank_draws: int, fig_dir: Path) -> Path:
+    """Rank histograms (top) and ECDF differences with their simultaneous band (bottom)."""
+    params = summary["parameters"]
+    labels = list(params)
+    L = num_rank_draws
+    fig, axes = plt.subplots(2, len(labels), figsize=(3.0 * len(labels) + 0.6, 5.4),
+                             squeeze=False)  # fmt: skip
+    for col, label in enumerate(labels):
+        p = params[label]
+        ranks = np.asarray(p["ranks"])
+        n = len(ranks)
+        top, bottom = axes[0, col], axes[1, col]
+        edges = np.linspace(-0.5, L + 0.5, BINS + 1)
+        lo, hi = stats.binom.ppf([0.005, 0.995], n, 1 / BINS)
+        top.axhspan(lo, hi, color="0.88", lw=0)
+        top.axhline(n / BINS, color="0.5", lw=0.8)
+        top.hist(ranks, bins=edges, color="C0" if p["verdict"] == "calibrated" else "C3")
+        top.set_title(f"{label}\n{p['verdict']}", fontsize=9)
+        top.set_xlim(-0.5, L + 0.5)
+        top.set_xticks([0, L // 2, L])
+        points = np.arange(L)
+        uniform = (points + 1) / (L + 1)
+        ecdf = (ranks[None, :] <= points[:, None]).mean(1)
+        lower, upper = ecdf_band(n, L, p["band_prob"])
+        bottom.fill_between(uniform, lower - uniform, upper - uniform, color="0.88", lw=0,
+                            step="mid")  # fmt: skip
+        bottom.axhline(0, color="0.5", lw=0.8)
+        bottom.step(uniform, ecdf - uniform, where="mid",
+                    color="C0" if p["inside_band"] else "C3")  # fmt: skip
+        bottom.set_xlim(0, 1)
+        bottom.set_xlabel("fractional rank")
+        if col == 0:
+            top.set_ylabel("replications")
+            bottom.set_ylabel("ECDF - uniform")
+        bottom.text(0.03, 0.04, f"90%: {p['coverage_90']:.2f}  50%: {p['coverage_50']:.2f}",
+                    transform=bottom.transAxes, fontsize=8)  # fmt: skip
+    fig.suptitle(f"{method}: ranks of the truth among {L} posterior draws, {n} replications",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    path = fig_dir / f"calibration-{method}.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _page(results: dict[str, Any], figures: dict[str, Path]) -> str:
+    cal = results["calibration"]
+    L, n = cal["num_rank_draws"], cal["finished"]
+    rows = []
+    for method, summary in cal["methods"].items():
+        for label, p in summary["parameters"].items():
+            vsbc = f"{p['vsbc_p']:.3f}" if "vsbc_p" in p else ""
+            cls = "" if p["verdict"] == "calibrated" else ' class="flag"'
+            rows.append(
+                f"<tr{cls}><th>{html.escape(method)}</th><td>{html.escape(label)}</td>"
+                f"<td>{p['coverage_50']:.2f}</td><td>{p['coverage_90']:.2f}</td>"
+                f"<td>{p['mean_rank_fraction']:.2f}</td><td>{'yes' if p['inside_band'] else 'no'}"
+                f"</td><td>{vsbc}</td><td>{html.escape(p['verdict'])}</td></tr>"
+            )
+        if summary["failed_replications"]:
+            rows.append(
+                f"<tr class=flag><th>{html.escape(method)}</th><td colspan=7>failed in"
+                f" {len(summary['failed_replications'])} replications:"
+                f" {', '.join(map(str, summary['failed_replications'][:20]))}</td></tr>"
+            )
+    failed = "".join(
+        f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in cal["failed"].items()
+    )
+    failed_html = f"<h2>Failed replications</h2><ul>{failed}</ul>" if failed else ""
+    figs = "".join(
+        f"<h3>{html.escape(m)}</h3>{_img(path)}<p class=small>{html.escape(_caption(m, L))}</p>"
+        for m, path in figures.items()
+    )
+    engine = cal["engine"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>zoo calibrate: {html.escape(results["model"])} on {html.escape(results["dataset"])}</title>
+<style>
+body {{ font-family: sans-serif; max-width: 1250px; margin: 2em auto; line-height: 1.4; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
+tr.flag td {{ background: #fde8e8; }}
+img {{ max-width: 100%; }}
+.small {{ font-size: 0.9em; color: #444; }}
+</style></head><body>
+<h1>Calibration of {html.escape(results["model"])} on {html.escape(results["dataset"])}</h1>
+<p>Simulation-based calibration: {n} of {cal["replications"]} replications finished, each
+with parameters drawn from the prior and data simulated from them ({results["num_data"]} rows,
+the predictors of {html.escape(results["dataset"])}); seed {results["seed"]}, preset
+{html.escape(str(results["preset"]))}. Each method's rank of the true value among {L} of its
+posterior draws is uniform on 0..{L} when the method is calibrated.</p>
+<table><tr><th>method</th><th>parameter</th><th>coverage 50%</th><th>coverage 90%</th>
+<th>mean fractional rank</th><th>ECDF inside band</th><th>VSBC p</th><th>verdict</th></tr>
+{"".join(rows)}</table>
+<p class=small>Coverage: the share of replications whose truth falls in the method's central
+50% and 90% intervals (nominal 0.50 and 0.90). Mean fractional rank: 0.5 when unbiased; above
+it the posterior sits below the truth. ECDF inside band: the ECDF of the ranks stays inside
+the simultaneous band of Säilynoja et al. (2022), at {BAND_PROB:.0%} for the method over all
+its parameters. VSBC p (variational methods, Yao et al. 2018): a small value says the truth's
+quantile under q is not symmetric about 0.5, so q's centre is off.</p>
+{failed_html}
+<h2>Ranks</h2>
+{figs}
+<p class=small>Engine: {html.escape(str(engine["scheduler"]))}; {engine["ran"]} replications run
+now, {engine["resumed"]} read back from an earlier run; {engine["wall_s"]:.1f} s.
+Versions: {html.escape(", ".join(f"{k} {v}" for k, v in results["versions"].items()))}.</p>
+</body></html>
+"""
+
+
+def _caption(method: str, L: int) -> str:
+    return (
+        f"Top: how many replications gave each rank of the truth among {L} draws of {method}, "
+        "in bins of equal width; the grey band holds 99% of a calibrated method's bins. A U "
+        "says over-confident (intervals too narrow), a hump under-confident, a slope biased. "
+        "Bottom: the ECDF of the fractional ranks minus the uniform CDF, with the simultaneous "
+        "band of a calibrated method: a line leaving the band is a departure; above zero on the "
+        "left and below on the right is the U of over-confidence."
+    )
