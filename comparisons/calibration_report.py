@@ -64,8 +64,7 @@ def plot_method(method: str, summary: dict[str, Any], num_rank_draws: int, fig_d
         uniform = (points + 1) / (L + 1)
         ecdf = (ranks[None, :] <= points[:, None]).mean(1)
         lower, upper = ecdf_band(n, L, p["band_prob"])
-        bottom.fill_between(uniform, lower - uniform, upper - uniform, color="0.88", lw=0,
-                            step="mid")  # fmt: skip
+        bottom.fill_between(uniform, lower - uniform, upper - uniform, color="0.88", lw=0)
         bottom.axhline(0, color="0.5", lw=0.8)
         bottom.step(uniform, ecdf - uniform, where="mid",
                     color="C0" if p["inside_band"] else "C3")  # fmt: skip
@@ -125,10 +124,12 @@ tr.flag td {{ background: #fde8e8; }}
 img {{ max-width: 100%; }}
 .small {{ font-size: 0.9em; color: #444; }}
 </style></head><body>
-<h1>Calibration of {html.escape(results["model"])} on {html.escape(results["dataset"])}</h1>
+<h1>Calibration of {html.escape(results["model"])} on the design of
+{html.escape(results["dataset"])}</h1>
 <p>Simulation-based calibration: {n} of {cal["replications"]} replications finished, each
-with parameters drawn from the prior and data simulated from them ({results["num_data"]} rows,
-the predictors of {html.escape(results["dataset"])}); seed {results["seed"]}, preset
+with parameters drawn from the prior and a response simulated from them on the
+{results["num_data"]} rows of predictors of {html.escape(results["dataset"])}, under the
+priors that data set sets; seed {results["seed"]}, preset
 {html.escape(str(results["preset"]))}. Each method's rank of the true value among {L} of its
 posterior draws is uniform on 0..{L} when the method is calibrated.</p>
 <table><tr><th>method</th><th>parameter</th><th>coverage 50%</th><th>coverage 90%</th>
@@ -138,8 +139,9 @@ posterior draws is uniform on 0..{L} when the method is calibrated.</p>
 50% and 90% intervals (nominal 0.50 and 0.90). Mean fractional rank: 0.5 when unbiased; above
 it the posterior sits below the truth. ECDF inside band: the ECDF of the ranks stays inside
 the simultaneous band of Säilynoja et al. (2022), at {BAND_PROB:.0%} for the method over all
-its parameters. VSBC p (variational methods, Yao et al. 2018): a small value says the truth's
-quantile under q is not symmetric about 0.5, so q's centre is off.</p>
+its parameters. VSBC p (variational methods, Yao et al. 2018; Wilcoxon's signed-rank test): a
+small value says the truth's quantile under q is not symmetric about 0.5, so q's centre is
+off.</p>
 {failed_html}
 <h2>Ranks</h2>
 {figs}
@@ -153,7 +155,8 @@ Versions: {html.escape(", ".join(f"{k} {v}" for k, v in results["versions"].item
 def _caption(method: str, L: int) -> str:
     return (
         f"Top: how many replications gave each rank of the truth among {L} draws of {method}, "
-        "in bins of equal width; the grey band holds 99% of a calibrated method's bins. A U "
+        "in bins of equal width; the grey band holds 99% of a calibrated method's bins (a bin "
+        "outside it now and then is chance: the verdict is the ECDF's, below). A U "
         "says over-confident (intervals too narrow), a hump under-confident, a slope biased. "
         "Bottom: the ECDF of the fractional ranks minus the uniform CDF, with the simultaneous "
         "band of a calibrated method: a line leaving the band is a departure; above zero on the "

@@ -712,7 +712,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zoo {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("zoo: interrupted; nothing was written to the out-dir", file=sys.stderr)
+        if args.command in ("calibrate", "sweep"):
+            print("zoo: interrupted; the finished tasks are kept: run the same command again"
+                  " to go on", file=sys.stderr)  # fmt: skip
+        else:
+            print("zoo: interrupted; nothing was written to the out-dir", file=sys.stderr)
         return 130
 
 

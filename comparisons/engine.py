@@ -111,8 +111,9 @@ def run_tasks(
 
             for future in as_completed(futures):
                 task = futures[future]
-                if future.status == "error":
-                    failed[task.key] = _first_line(future.exception())
+                if future.status != "finished":  # an error, or cancelled by the cluster
+                    exc = future.exception() if future.status == "error" else None
+                    failed[task.key] = _first_line(exc) if exc else f"task {future.status}"
                     _write(folder / f"{task.key}.error.json", {"key": task.key,
                            "error": failed[task.key]})  # fmt: skip
                     bar.write(f"zoo: {label}: task {task.key} failed: {failed[task.key]}",

@@ -73,12 +73,14 @@ def _out_dir(argv: list[str]) -> Path | None:
     """Where a compare or fit command writes (its --out-dir, else the CLI's default); None for
     commands that write no report."""
     args = build_parser().parse_args(argv[1:])
-    if args.command not in ("compare", "fit"):
+    if args.command not in ("compare", "fit", "calibrate"):
         return None
     if args.out_dir is not None:
         return args.out_dir
     dataset = args.dataset or get_model(args.model).default_dataset
     stem = Path(str(args.data)).stem if args.data is not None else dataset
+    if args.command == "calibrate":
+        return Path("reports") / f"calibrate-{args.model}-{stem}"
     suffix = f"-{args.method}" if args.command == "fit" else ""
     if args.num_components is not None and re.search(r"[,-]", args.num_components[1:]):
         suffix = "-k"

@@ -152,8 +152,7 @@ def simulated_posterior(
     truth = {s: to_numpy(trace.nodes[s]["value"]).copy() for s in sites}
     y = to_numpy(trace.nodes["y"]["value"]).copy()
     simulated = rows._replace(y=y, y_test=y[:0])
-    return truth, _posterior(simulated, priors, f"{dataset} (simulated y)", degree, options,
-                             truth, dtype, "cpu")  # fmt: skip
+    return truth, _posterior(simulated, priors, dataset, degree, options, truth, dtype, "cpu")
 
 
 def _options(
