@@ -85,13 +85,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     _add_data_options(p)
     _add_run_settings(p)
     _add_model_options(p)
+    _add_progress(p, "progress bars of NUTS and the fits")
+    _add_regression_options(p.add_argument_group("linear_regression"))
+
+
+def _add_progress(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bars of NUTS and the fits (default: on when stderr is a terminal)",
+        help=f"{what} (default: on when stderr is a terminal)",
     )
-    _add_regression_options(p.add_argument_group("linear_regression"))
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -311,12 +315,7 @@ def _add_calibrate(sub) -> None:
         help="address of a running Dask scheduler (tcp://host:8786) to send the"
         " replications to instead of a local cluster",
     )
-    cal.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="a progress bar as replications finish (default: on when stderr is a terminal)",
-    )
+    _add_progress(cal, "a progress bar as replications finish")
     _add_regression_options(cal.add_argument_group("linear_regression"))
     cal.set_defaults(device="cpu")
     sw = sub.add_parser(
@@ -330,10 +329,7 @@ def _add_calibrate(sub) -> None:
                         " one per core)"), ("--scheduler", "address of a running Dask scheduler"
                         " (tcp://host:8786) to send the comparisons to")):  # fmt: skip
         sw.add_argument(flag, type=int if flag == "--workers" else str, help=text)
-    sw.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None,
-        help="a progress bar as comparisons finish (default: on when stderr is a terminal)",
-    )  # fmt: skip
+    _add_progress(sw, "a progress bar as comparisons finish")
 
 
 def _list() -> str:
