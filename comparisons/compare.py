@@ -23,6 +23,7 @@ import numpy as np
 
 from comparisons import metrics as M
 from comparisons.convert import attach_log_lik, flatten, to_inference_data
+from comparisons.engine import write_atomic
 from comparisons.inputs import check_seed, check_writable
 from comparisons.runners import (
     PRESETS,
@@ -416,25 +417,9 @@ def _thin(run: MethodRun, limit: int) -> None:
     )
 
 
-def _umask() -> int:
-    """The process's file mode creation mask (read by setting it and setting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, with the mode an
-    ordinary write would give (0666 less the umask; the temporary file is made 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` whole or not at all (:func:`comparisons.engine.write_atomic`)."""
+    write_atomic(path, text.encode())
 
 
 def _read_manifest(out_dir: Path) -> set[str]:

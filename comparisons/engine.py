@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -182,7 +181,9 @@ def _write(path: Path, value: Mapping[str, Any]) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """``data`` at ``path``, whole or not at all (a temporary file beside it, then rename)."""
+    """``data`` at ``path``, whole or not at all (a temporary file beside it, then rename),
+    with the mode an ordinary write would give (0666 less the umask; mkstemp makes 0600).
+    results.json, reports and the engine's result files are written so."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -200,8 +201,6 @@ def _plain(value: Any) -> Any:
     """NumPy numbers and arrays as JSON numbers and lists."""
     if hasattr(value, "tolist"):
         return value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 

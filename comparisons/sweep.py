@@ -275,13 +275,9 @@ def _summary(sweep: Sweep, results: Mapping[str, Any], failed: Mapping[str, str]
     }
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return html.escape(str(value))
-
-
 def _page(summary: Mapping[str, Any]) -> str:
+    from comparisons.report import _fmt
+
     cols = [("max |mean z|", "max_abs_mean_z"), ("sd ratio min", "sd_ratio_min"),
             ("sd ratio max", "sd_ratio_max"), ("elpd LOO", "elpd_loo"), ("PSIS k", "khat"),
             ("wall s", "wall_s"), ("grad evals", "grad_evals"),
