@@ -2,7 +2,8 @@
 of the zoo's methods, one replication per Dask task (:mod:`comparisons.engine`).
 
 A replication draws the parameters from the prior, simulates a data set of the chosen design
-from them (the regression keeps the data set's predictors), runs each method on it, and
+from them (the regression keeps the data set's predictors; each model's ``SIMULATION_DESIGN``
+says what it draws), runs each method on it, and
 records, for every scalar parameter, the rank of the true value among ``L`` of the method's
 posterior draws (NUTS's thinned evenly over its chains). If a method's posterior is the
 posterior, the true value is a draw from it as much as any other, and its rank is uniform on
@@ -78,7 +79,7 @@ def replication(
         raise ValueError(f"{model} has no simulated_posterior: calibration does not run on it")
     rep_seed = replication_seed(seed, replication)
     truth, post = simulate(data, rep_seed, seed=seed, **options)
-    true_values = _scalars({k: np.asarray(v)[None] for k, v in truth.items()}, post)
+    true_values = _ranked({k: np.asarray(v)[None] for k, v in truth.items()}, post)
     out: dict[str, Any] = {}
     for method in resolve_methods(post, list(methods)):
         start = time.perf_counter()
@@ -92,7 +93,10 @@ def replication(
         if run.stopped or not run.draws:
             out[method.name] = {"error": run.error or "no draws", "wall_s": wall}
             continue
-        draws = _scalars(_thinned(post, run.draws, num_rank_draws), post)
+        if run.point:
+            out[method.name] = {"error": POINT_ERROR, "wall_s": wall}
+            continue
+        draws = _ranked(_thinned(post, run.draws, num_rank_draws), post)
         ranks = {
             label: int(np.sum(draws[label] < float(value.ravel()[0])))
             for label, value in true_values.items()
@@ -109,6 +113,34 @@ def replication(
         "truth": {k: float(v.ravel()[0]) for k, v in true_values.items()},
         "methods": out,
     }
+
+
+#: The record of a method that gave one point, not draws (a guard: ``zoo calibrate`` leaves
+#: such methods out, :func:`point_methods`).
+POINT_ERROR = (
+    "a point estimate (one draw): it has no intervals, and SBC ranks the truth among draws"
+)
+
+
+def point_methods(post, methods: Sequence[Any]) -> list[str]:
+    """The names among ``methods`` (MethodSpecs of ``post``) that give a point, not draws:
+    delta guides, amortized guides whose globals are a delta (their default), and closed
+    forms that are points (EM, ML: run once on the posterior's own data to ask)."""
+    points = []
+    for m in methods:
+        if m.family == "delta":
+            points.append(m.name)
+        elif m.family == "amortized" and post.sites:
+            if m.options.get("global_guide", "delta") in (None, "delta"):
+                points.append(m.name)
+        elif m.family == "closed_form":
+            try:
+                point = post.closed_forms[m.options.get("form", m.name)](0, 2).point
+            except Exception:  # noqa: BLE001 (a design without trained networks: the
+                continue  # replication's own guard records a point that slips through)
+            if point:
+                points.append(m.name)
+    return points
 
 
 def _thinned(post, draws: Mapping[str, np.ndarray], num: int) -> dict[str, np.ndarray]:
@@ -138,10 +170,23 @@ def replication_seed(seed: int, replication: int) -> int:
     return int(state[0] >> 1)
 
 
-def _scalars(draws: Mapping[str, np.ndarray], post) -> dict[str, np.ndarray]:
-    """Each scalar of the posterior's sites as (draw,), under its ArviZ label."""
+def _ranked(draws: Mapping[str, np.ndarray], post) -> dict[str, np.ndarray]:
+    """What is ranked, from draws (draw, *shape) of the sites: each scalar of the sites as
+    (draw,) under its ArviZ label; where the posterior says what the data identify
+    (``Posterior.identified``: PPCA's covariance and spectrum, a mixture's components in a
+    fixed order), those quantities instead, as the comparisons judge the model on them
+    (``accuracy_sites`` where given). They are functions of one draw, applied to the truth
+    and to every draw alike."""
+    if post.identified is None:
+        return _scalars(draws, post, post.sites)
+    identified = post.identified(draws)
+    return _scalars({**draws, **identified}, post, post.accuracy_sites or tuple(identified))
+
+
+def _scalars(draws: Mapping[str, np.ndarray], post, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each scalar of ``names`` in ``draws`` as (draw,), under its ArviZ label."""
     out = {}
-    for site in post.sites:
+    for site in names:
         value = np.asarray(draws[site])
         shape = value.shape[1:]
         dims = post.dims.get(site, [])
@@ -307,10 +352,12 @@ def calibrate(
                     label="calibrate")  # fmt: skip
     summary = summarize(run.results, methods, num_rank_draws)
     truth = [run.results[t.key]["truth"] for t in tasks if t.key in run.results]
+    where = _design(model, data, options, seed)
     results = {
         "schema": 1,
         "model": model,
-        **_design(model, data, options, seed),
+        "dataset": where["dataset"],
+        "num_data": where["num_data"],
         "seed": seed,
         "preset": preset_name,
         "reference": None,
@@ -322,6 +369,7 @@ def calibrate(
             "failed": {k: v for k, v in run.failed.items()},
             "num_rank_draws": num_rank_draws,
             "band_prob": BAND_PROB,
+            "design": where["design"],
             "engine": {
                 "scheduler": run.scheduler,
                 "workers": run.workers,
@@ -373,12 +421,28 @@ def _data_key(data: Any) -> str:
     return f"table {digest.hexdigest()[:16]}"
 
 
+def design(model: str, data: Any, options: Mapping[str, Any], seed: int):
+    """A Posterior with a replication's methods, sites and data set, to check options and
+    name methods before the replications run: the model's ``simulation_design`` where it
+    has one (the VAE's, which would otherwise train its networks here), else one
+    replication's posterior."""
+    from zoo import get_model
+
+    module = get_model(model).module
+    if hasattr(module, "simulation_design"):
+        return module.simulation_design(data, seed=seed, **options)
+    return module.simulated_posterior(data, seed, seed=seed, **options)[1]
+
+
 def _design(model: str, data: Any, options: Mapping[str, Any], seed: int) -> dict[str, Any]:
     """The data set's name and rows, as a replication's posterior has them."""
     from zoo import get_model
 
-    _, post = get_model(model).module.simulated_posterior(data, seed, seed=seed, **options)
-    return {"dataset": post.dataset, "num_data": int(len(post.data[post.obs_site]))}
+    post = design(model, data, options, seed)
+    num_data = int(len(post.data[post.obs_site]))
+    template = getattr(get_model(model).module, "SIMULATION_DESIGN", "data simulated from them")
+    text = template.format(num_data=num_data, dataset=post.dataset)
+    return {"dataset": post.dataset, "num_data": num_data, "design": text}
 
 
 def _method_record(summary: Mapping[str, Any], results: Mapping[str, Any]) -> dict[str, Any]:

@@ -104,6 +104,9 @@ def _page(results: dict[str, Any], figures: dict[str, Path]) -> str:
                 f" {len(summary['failed_replications'])} replications:"
                 f" {', '.join(map(str, summary['failed_replications'][:20]))}</td></tr>"
             )
+    overview = "".join(
+        _overview_row(m, results["methods"][m], s) for m, s in cal["methods"].items()
+    )
     failed = "".join(
         f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in cal["failed"].items()
     )
@@ -127,11 +130,17 @@ img {{ max-width: 100%; }}
 <h1>Calibration of {html.escape(results["model"])} on the design of
 {html.escape(results["dataset"])}</h1>
 <p>Simulation-based calibration: {n} of {cal["replications"]} replications finished, each
-with parameters drawn from the prior and a response simulated from them on the
-{results["num_data"]} rows of predictors of {html.escape(results["dataset"])}, under the
-priors that data set sets; seed {results["seed"]}, preset
+with {html.escape(cal.get("design", "data simulated from parameters drawn from the prior"))};
+seed {results["seed"]}, preset
 {html.escape(str(results["preset"]))}. Each method's rank of the true value among {L} of its
 posterior draws is uniform on 0..{L} when the method is calibrated.</p>
+<table><tr><th>method</th><th>parameters calibrated</th><th>mean coverage 50%</th>
+<th>mean coverage 90%</th><th>worst coverage 90%</th><th>seconds a replication</th>
+<th>verdicts</th></tr>
+{overview}</table>
+<p class=small>One line per method: its parameters' coverages averaged (nominal 0.50 and
+0.90) and the lowest; the verdicts other than calibrated, once each. Each parameter's line
+follows.</p>
 <table><tr><th>method</th><th>parameter</th><th>coverage 50%</th><th>coverage 90%</th>
 <th>mean fractional rank</th><th>ECDF inside band</th><th>VSBC p</th><th>verdict</th></tr>
 {"".join(rows)}</table>
@@ -150,6 +159,26 @@ now, {engine["resumed"]} read back from an earlier run; {engine["wall_s"]:.1f} s
 Versions: {html.escape(", ".join(f"{k} {v}" for k, v in results["versions"].items()))}.</p>
 </body></html>
 """
+
+
+def _overview_row(method: str, record: dict[str, Any], summary: dict[str, Any]) -> str:
+    """A method's line of the overview: how many parameters are calibrated, its mean and
+    worst coverages, its time a replication, its verdicts."""
+    params = list(summary["parameters"].values())
+    d = record["diagnostics"]
+    wall = summary.get("wall_s_mean")
+    if not params:
+        cells = "<td colspan=4>no replication gave ranks</td>"
+    else:
+        c50 = sum(p["coverage_50"] for p in params) / len(params)
+        c90 = sum(p["coverage_90"] for p in params) / len(params)
+        worst = min(p["coverage_90"] for p in params)
+        cells = (f"<td>{d['parameters_calibrated']} of {d['parameters']}</td><td>{c50:.2f}</td>"
+                 f"<td>{c90:.2f}</td><td>{worst:.2f}</td>")  # fmt: skip
+    cls = "" if d["verdict"] == "calibrated" else ' class="flag"'
+    seconds = "" if wall is None else f"{wall:.2f}"
+    return (f"<tr{cls}><th>{html.escape(method)}</th>{cells}<td>{seconds}</td>"
+            f"<td>{html.escape(d['verdict'])}</td></tr>")  # fmt: skip
 
 
 def _caption(method: str, L: int) -> str:

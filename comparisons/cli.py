@@ -316,6 +316,13 @@ def _add_calibrate(sub) -> None:
         " replications to instead of a local cluster",
     )
     _add_progress(cal, "a progress bar as replications finish")
+    cal.add_argument("--num-components", type=int, help="number of mixture components (gmm)")
+    cal.add_argument("--latent-dim", type=int, help="latent dimension (ppca, vae)")
+    cal.add_argument(
+        "--hidden",
+        type=_widths,
+        help="hidden layer widths of the VAE's decoder, as 256,256 (default); 'linear' for none",
+    )
     _add_regression_options(cal.add_argument_group("linear_regression"))
     cal.set_defaults(device="cpu")
     sw = sub.add_parser(
@@ -526,7 +533,6 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise ZooInputError(f"--replications must be at least 2, got {args.replications}")
     if args.workers is not None and args.workers < 1:
         raise ZooInputError(f"--workers must be at least 1, got {args.workers}")
-    _check_methods(spec, args.methods or [], "--methods")
     out_dir = args.out_dir or Path("reports") / f"calibrate-{spec.name}-{Path(data).stem}"
     check_writable(out_dir)
     import pyro
@@ -535,14 +541,23 @@ def _calibrate(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     pyro.enable_validation(False)
     if not hasattr(spec.module, "simulated_posterior"):
+        able = [m for m in MODELS if hasattr(get_model(m).module, "simulated_posterior")]
         raise ZooInputError(
-            f"zoo calibrate does not run on {spec.name} yet; it runs on linear_regression"
+            f"zoo calibrate does not run on {spec.name} yet; it runs on {', '.join(able)}"
         )
-    from comparisons.calibration import calibrate
+    from comparisons.calibration import calibrate, design, point_methods
     from comparisons.runners import resolve_methods
 
-    _, posterior = _posterior(args)  # the data's own checks, and the default methods
-    methods = [m.name for m in resolve_methods(posterior, args.methods)]
+    posterior = design(spec.name, data, options, args.seed)  # the data's checks, the methods
+    chosen = resolve_methods(posterior, args.methods)
+    points = point_methods(posterior, chosen)
+    if args.methods and points:
+        gives = "gives a point estimate" if len(points) == 1 else "give point estimates"
+        raise ZooInputError(
+            f"{' and '.join(points)} {gives}, not draws: SBC ranks the truth among a method's"
+            " draws, so a point has nothing to calibrate; leave it out of --methods"
+        )
+    methods = [m.name for m in chosen if m.name not in points]
     results = calibrate(
         spec.name, data, options, methods, replications=args.replications, seed=args.seed,
         preset=args.preset, out_dir=out_dir, scheduler=args.scheduler, workers=args.workers,
@@ -568,8 +583,9 @@ def _sweep(args: argparse.Namespace) -> int:
     summary = run_sweep(args.file, out_dir, scheduler=args.scheduler, workers=args.workers,
                         progress=_progress(args))  # fmt: skip
     done = sum(v == "done" for v in summary["cells"].values())
-    print(f"{done} of {len(summary['cells'])} comparisons done ({len(sweep.runs)} runs x"
-          f" {len(sweep.seeds)} seeds)")  # fmt: skip
+    runs, seeds = len(sweep.runs), len(sweep.seeds)
+    print(f"{done} of {len(summary['cells'])} comparisons done ({runs} run{'s' * (runs != 1)}"
+          f" x {seeds} seed{'s' * (seeds != 1)})")  # fmt: skip
     for key, state in summary["cells"].items():
         if state != "done":
             print(f"{key}: {state}", file=sys.stderr)

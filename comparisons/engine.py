@@ -163,7 +163,8 @@ def _client(scheduler: str | None, workers: int | None):
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                            dashboard_address=":0", silence_logs=logging.ERROR)  # fmt: skip
     with cluster, Client(cluster) as client:
-        yield client, f"LocalCluster, {n} single-thread workers"
+        plural = "worker" if n == 1 else "workers"
+        yield client, f"LocalCluster, {n} single-thread {plural}"
 
 
 def _read(path: Path) -> dict[str, Any] | None:

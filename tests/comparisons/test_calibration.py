@@ -88,7 +88,7 @@ def test_a_replication_ranks_the_truth_among_each_methods_draws():
     ("args", "message"),
     [
         (["--replications", "1"], "--replications must be at least 2"),
-        (["--methods", "exact,nope"], "unknown method 'nope'"),
+        (["--methods", "mean_field,nope"], "unknown method 'nope'"),
         (["--workers", "0"], "--workers must be at least 1"),
         (["--preset", "huge"], "unknown preset 'huge'"),
     ],
@@ -105,9 +105,105 @@ def test_calibrate_refuses_bad_arguments_in_one_line(args, message, capsys, tmp_
 def test_calibrate_says_which_models_it_runs_on(capsys, tmp_path):
     from comparisons.cli import main
 
-    code = main(["calibrate", "gmm", "--out-dir", str(tmp_path / "out")])
+    code = main(["calibrate", "two_level_vae", "--out-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "does not run on gmm yet; it runs on linear_regression" in err
+    assert code == 2
+    assert "not run on two_level_vae yet; it runs on linear_regression, gmm, ppca, vae" in err
+
+
+@pytest.mark.parametrize(
+    ("model", "methods", "message"),
+    [
+        ("gmm", "em,mean_field", "em gives a point estimate, not draws"),
+        ("ppca", "ml,em", "ml and em give point estimates, not draws"),
+        ("linear_regression", "delta", "delta gives a point estimate, not draws"),
+    ],
+)
+def test_calibrate_refuses_point_estimates_and_leaves_them_out_by_default(
+    model, methods, message, capsys, tmp_path
+):
+    from comparisons.calibration import design, point_methods
+    from comparisons.cli import main
+    from comparisons.runners import resolve_methods
+
+    code = main(["calibrate", model, "--methods", methods, "--out-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    post = design(model, _default_dataset(model), {}, 0)
+    default = resolve_methods(post, None)
+    points = point_methods(post, default)
+    assert set(methods.split(",")) - {"mean_field"} <= set(points)
+    assert not {"mean_field", "full_rank", "laplace"} & set(points)
+
+
+def _default_dataset(model: str) -> str:
+    from zoo import get_model
+
+    return get_model(model).default_dataset
+
+
+def _permuted_draws(draws: dict, rng) -> dict:
+    """Each draw's mixture components in a random order of its own."""
+    k = draws["weights"].shape[-1]
+    perm = np.stack([rng.permutation(k) for _ in range(len(draws["weights"]))])
+    return {
+        "weights": np.take_along_axis(draws["weights"], perm, 1),
+        "locs": np.take_along_axis(draws["locs"], perm[..., None], 1),
+        "scales": np.take_along_axis(draws["scales"], perm[..., None], 1),
+    }
+
+
+def test_mixture_ranks_do_not_depend_on_the_labels_a_method_chose():
+    from comparisons.calibration import _ranked
+    from zoo.gmm import simulated_posterior
+
+    truth, post = simulated_posterior("iris", 7, features=["petal_length", "petal_width"],
+                                      num_components=3)  # fmt: skip
+    again, _ = simulated_posterior("iris", 7, features=["petal_length", "petal_width"],
+                                   num_components=3)  # fmt: skip
+    assert all(np.array_equal(truth[k], again[k]) for k in truth)  # its seed is its own
+    assert truth["locs"].shape == (3, 2) and len(post.data["x"]) == 150
+    rng = np.random.default_rng(0)
+    draws = {  # draws scattered around the truth, in arbitrary labels
+        "weights": rng.dirichlet(np.ones(3) * 20, size=99),
+        "locs": truth["locs"] + 0.3 * rng.standard_normal((99, 3, 2)),
+        "scales": truth["scales"] * np.exp(0.1 * rng.standard_normal((99, 3, 2))),
+    }
+    first = _ranked(draws, post)
+    shuffled = _ranked(_permuted_draws(draws, rng), post)
+    assert set(first) == {f"{s}[{i}{c}]" for s, cs in
+                          [("weights", [""]), ("locs", [", petal_length", ", petal_width"]),
+                           ("scales", [", petal_length", ", petal_width"])]
+                          for i in range(3) for c in cs}  # fmt: skip
+    assert all(np.array_equal(first[k], shuffled[k]) for k in first)
+    # Each draw's components are in increasing order of their first coordinate.
+    for i in range(99):
+        column = [first[f"locs[{c}, petal_length]"][i] for c in range(3)]
+        assert column == sorted(column)
+    true = _ranked({k: np.asarray(v)[None] for k, v in truth.items()}, post)
+    assert [true[f"locs[{c}, petal_length]"][0] for c in range(3)] == sorted(truth["locs"][:, 0])
+
+
+def test_ppca_ranks_do_not_depend_on_a_rotation_of_the_loadings():
+    from scipy.stats import special_ortho_group
+
+    from comparisons.calibration import _ranked
+    from zoo.ppca import simulated_posterior
+
+    truth, post = simulated_posterior("iris", 3, latent_dim=2)
+    assert truth["loadings"].shape == (4, 2) and len(post.data["x"]) == 150
+    rng = np.random.default_rng(1)
+    draws = {
+        "loadings": truth["loadings"] + 0.1 * rng.standard_normal((99, 4, 2)),
+        "mean": truth["mean"] + 0.1 * rng.standard_normal((99, 4)),
+        "sigma": truth["sigma"] * np.exp(0.1 * rng.standard_normal(99)),
+    }
+    rotations = special_ortho_group.rvs(2, size=99, random_state=2)
+    rotated = {**draws, "loadings": draws["loadings"] @ rotations}
+    first, second = _ranked(draws, post), _ranked(rotated, post)
+    assert {"sigma", "eigenvalues[0]", "cov[sepal_length,sepal_width]"} <= set(first)
+    assert not any(k.startswith("loadings") for k in first)
+    assert all(np.allclose(first[k], second[k], rtol=1e-12, atol=1e-12) for k in first)
 
 
 #: A cheap preset for calibrations in tests: NUTS 2 chains x (150 + 150), 300 draws to thin
@@ -184,3 +280,47 @@ def test_sbc_finds_mean_field_over_confident_on_correlated_features_and_the_rest
     assert again["calibration"]["engine"]["resumed"] == 25
     for method, summary in cal["methods"].items():  # the same ranks, judged the same
         assert again["calibration"]["methods"][method]["parameters"] == summary["parameters"]
+
+
+def test_vae_replications_rank_latents_under_a_decoder_trained_once(monkeypatch):
+    """Each replication draws z from the prior and images from the trained decoder, and
+    ranks z among each method's draws of p(z | x, decoder); the networks are trained on the
+    first replication a process runs and kept for the next."""
+    import dataclasses
+
+    from comparisons.runners import PRESETS
+    from guides import FitConfig
+    from zoo.vae.posterior import _trained
+
+    tiny = dataclasses.replace(
+        _cheap(), name="vae-sbc-test", num_chains=2, num_warmup=100, num_samples=100,
+        fit=FitConfig(num_steps=150, min_steps=50, window=25, max_seconds=120),
+    )  # fmt: skip
+    monkeypatch.setitem(PRESETS, tiny.name, tiny)
+    options = {"latent_dim": 2, "hidden": (8,), "training": tiny.name, "rows": 3}
+    methods = ["mean_field", "amortized", "amortized_is"]
+    _trained.cache_clear()
+    first = replication("vae", "digits", options, methods, seed=0, replication=0, preset=tiny)
+    second = replication("vae", "digits", options, methods, seed=0, replication=1, preset=tiny)
+    assert _trained.cache_info().misses == 1 and _trained.cache_info().hits == 1
+    labels = {f"z[{r}, {k}]" for r in range(3) for k in range(2)}
+    assert set(first["truth"]) == labels and first["truth"] != second["truth"]
+    for rep in (first, second):
+        for method in methods:
+            ranks = rep["methods"][method]["ranks"]
+            assert set(ranks) == labels and all(0 <= r <= L for r in ranks.values())
+
+
+def test_a_ppca_calibration_writes_its_design_and_valid_results(tmp_path):
+    from comparisons import validate_results
+    from comparisons.calibration import calibrate
+
+    results = calibrate("ppca", "iris", {}, ["full_rank"], replications=2, seed=0,
+                        preset="smoke", out_dir=tmp_path, workers=1, progress=False)  # fmt: skip
+    validate_results(results)
+    design = results["calibration"]["design"]
+    assert design.startswith("loadings, mean and sigma drawn from the prior and 150 rows")
+    assert "no rotation of the loadings changes" in design
+    assert design in (tmp_path / "index.html").read_text().replace("\n", " ")
+    ranked = results["calibration"]["methods"]["full_rank"]["parameters"]
+    assert "eigenvalues[0]" in ranked and not any(p.startswith("loadings") for p in ranked)

@@ -85,14 +85,16 @@ from zoo.gmm.model import (
     model,
     simulate,
 )
-from zoo.gmm.posterior import make_posterior
+from zoo.gmm.posterior import SIMULATION_DESIGN, make_posterior, simulated_posterior
 from zoo.gmm.relabel import (
     AMBIGUOUS_GAP_Z,
     MAX_RELABEL_ROUNDS,
     relabel,
+    sorted_components,
 )
 
 __all__ = [
+    "SIMULATION_DESIGN",
     "AMBIGUOUS_GAP_Z",
     "BuiltinData",
     "DATASETS",
@@ -113,5 +115,7 @@ __all__ = [
     "model",
     "relabel",
     "simulate",
+    "simulated_posterior",
+    "sorted_components",
     "truth_errors",
 ]

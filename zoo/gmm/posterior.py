@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -10,19 +11,29 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+from pyro import poutine
 
 from zoo.datasets import numeric_columns, resolve_data, split_rows
 from zoo.errors import ZooInputError
 from zoo.gmm.data import DATASETS, BuiltinData, _check_truth, load_dataset, truth_errors
 from zoo.gmm.em import fit_em, init_values
 from zoo.gmm.model import SITES, Priors, default_priors, marginal_model, model
-from zoo.gmm.relabel import relabel
+from zoo.gmm.relabel import relabel, sorted_components
 from zoo.methods import declare_methods
 from zoo.posterior import ClosedForm, ModelForms, Posterior, bind
 from zoo.registry import get_model
+from zoo.tensors import to_numpy
 
 #: The model's registry key, in its posteriors and messages.
 NAME = "gmm"
+
+#: What a replication of :func:`simulated_posterior` simulates, for the calibration page.
+SIMULATION_DESIGN = (
+    "weights, locs and scales drawn from the prior and {num_data} rows simulated from them"
+    " (as many as {dataset} has), under the priors that data set sets; each draw's"
+    " components, and the truth's, sorted by their first coordinate, so that the labels a"
+    " method chose do not matter"
+)
 
 
 class _Rows(NamedTuple):
@@ -108,6 +119,48 @@ def make_posterior(
     truth = _truth(truth, builtin, k, rows.x.shape[1])
     components = f"{k}" + (" (default)" if num_components is None else "")
     return _posterior(rows, priors, k, dataset, components, truth, num_starts, dtype, device)
+
+
+def simulated_posterior(
+    data: pd.DataFrame | str | Path,
+    replication_seed: int,
+    *,
+    num_components: int | None = None,
+    features: Sequence[str] | str | None = None,
+    prior: str = "weakly_informative",
+    seed: int = 0,
+    num_starts: int = 5,
+    dtype: torch.dtype = torch.float64,
+    **prior_options: Any,
+) -> tuple[dict[str, np.ndarray], Posterior]:
+    """One replication of simulation-based calibration: weights, locs and scales drawn from
+    the prior (seeded ``replication_seed``) and the posterior of as many rows as ``data``
+    fits, simulated from them.
+
+    The priors are those :func:`make_posterior` sets on ``data`` (scaled to its features)
+    and K is its K, both fixed for every replication. The labels of a mixture's components
+    are arbitrary, so the Posterior's ``identified`` sorts each draw's components by their
+    first coordinate (:func:`sorted_components`): a function of one draw that a relabelling
+    does not change, applied to the truth and to every method's draws alike, whose ranks
+    are therefore uniform under the exact posterior whichever labelling a method settled
+    in. Returns the truth (as the model's sites hold it) and the Posterior.
+    """
+    load = functools.partial(load_dataset, seed=seed)
+    frame, dataset, builtin = resolve_data(data, NAME, DATASETS, load)
+    k = _num_components(num_components, builtin)
+    rows = _fit_rows(frame, features, builtin, 0.0, seed)
+    _check_fit(rows, k, num_starts)
+    priors = default_priors(rows.x, prior=prior, **prior_options)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(replication_seed)
+        trace = poutine.trace(model).get_trace(
+            None, num_components=k, priors=priors, num_data=len(rows.x)
+        )
+    truth = {s: to_numpy(trace.nodes[s]["value"]).astype(float) for s in SITES}
+    x = to_numpy(trace.nodes["x"]["value"]).astype(float)
+    simulated = rows._replace(x=x, x_test=x[:0], labels=None)
+    post = _posterior(simulated, priors, k, dataset, str(k), None, num_starts, dtype, "cpu")
+    return truth, dataclasses.replace(post, identified=sorted_components)
 
 
 def _truth(

@@ -141,6 +141,22 @@ def relabel(
     return Relabelled(draws=out, info=_relabel_info(method, perm, gap_z))
 
 
+def sorted_components(draws: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The mixture sites of ``draws`` (any leading axes: ``weights`` (..., K), ``locs`` and
+    ``scales`` (..., K, D)) with each draw's components in increasing order of their first
+    coordinate. A function of each draw alone that no relabelling changes: what calibration
+    by simulation ranks (a sort that uses other draws, as :func:`relabel` may, would rank
+    the truth against draws relabelled with knowledge of the draws)."""
+    locs = np.asarray(draws["locs"], dtype=float)
+    order = np.argsort(locs[..., 0], axis=-1, kind="stable")
+    out = {}
+    for site in SITES:
+        value = np.asarray(draws[site], dtype=float)
+        index = order if site == "weights" else order[..., None]
+        out[site] = np.take_along_axis(value, index, axis=order.ndim - 1)
+    return out
+
+
 def _checked_locs(draws: Mapping[str, np.ndarray]) -> np.ndarray:
     """The ``locs`` draws as an array (chain, draw, component, feature), or a ZooInputError."""
     if "locs" not in draws:

@@ -52,12 +52,14 @@ from zoo.linear_regression.model import (
     simulate,
 )
 from zoo.linear_regression.posterior import (
+    SIMULATION_DESIGN,
     make_posterior,
     simulated_posterior,
     with_options,
 )
 
 __all__ = [
+    "SIMULATION_DESIGN",
     "DATASETS",
     "DatasetSpec",
     "ExactPosterior",

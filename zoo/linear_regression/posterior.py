@@ -28,6 +28,12 @@ from zoo.tensors import to_numpy
 #: The model's registry key, in its posteriors and messages.
 NAME = "linear_regression"
 
+#: What a replication of :func:`simulated_posterior` simulates, for the calibration page.
+SIMULATION_DESIGN = (
+    "parameters drawn from the prior and a response simulated from them on the {num_data}"
+    " rows of predictors of {dataset}, under the priors that data set sets"
+)
+
 
 class _Rows(NamedTuple):
     """The design (after any polynomial expansion) and the response, split into fitted and

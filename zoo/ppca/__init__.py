@@ -93,10 +93,13 @@ from zoo.ppca.posterior import (
     CLOSED_FORM_HINTS,
     IDENTIFIED_SITES,
     NUTS_MAX_PARAMETERS,
+    SIMULATION_DESIGN,
     make_posterior,
+    simulated_posterior,
 )
 
 __all__ = [
+    "SIMULATION_DESIGN",
     "CLOSED_FORM_HINTS",
     "DATASETS",
     "Dataset",
@@ -123,6 +126,7 @@ __all__ = [
     "local_model",
     "log_likelihood",
     "make_posterior",
+    "simulated_posterior",
     "model",
     "posterior_z",
     "principal_angles",

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+from pyro import poutine
 
 from zoo.datasets import numeric_columns, resolve_data, split_rows
 from zoo.errors import ZooInputError
@@ -22,6 +23,7 @@ from zoo.ppca.data import DATASETS, Dataset, _feature_text, load_dataset
 from zoo.ppca.metrics import cov_entries, cov_entry_names, covariance_metrics, identified
 from zoo.ppca.model import SITES, Priors, default_priors, local_model, model, summary_model
 from zoo.registry import get_model
+from zoo.tensors import to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,14 @@ NUTS_MAX_PARAMETERS = 100
 
 #: The model's registry key, in its posteriors and messages.
 NAME = "ppca"
+
+#: What a replication of :func:`simulated_posterior` simulates, for the calibration page.
+SIMULATION_DESIGN = (
+    "loadings, mean and sigma drawn from the prior and {num_data} rows simulated from them"
+    " (as many as {dataset} has), under the priors that data set sets; ranked on what the"
+    " data identify (the top eigenvalues and the entries of C = W W^T + sigma^2 I, sigma,"
+    " the mean), which no rotation of the loadings changes"
+)
 
 
 class _Rows(NamedTuple):
@@ -118,6 +128,46 @@ def make_posterior(
     priors = default_priors(rows.x, latent_dim, **prior_options)
     truth = _truth(truth, len(rows.names))
     return _posterior(rows, priors, latent_dim, dataset, truth, dtype, device)
+
+
+def simulated_posterior(
+    data: pd.DataFrame | str | Path,
+    replication_seed: int,
+    *,
+    latent_dim: int | None = None,
+    features: Sequence[str] | None = None,
+    labels: str | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    **prior_options: Any,
+) -> tuple[dict[str, np.ndarray], Posterior]:
+    """One replication of simulation-based calibration: loadings, mean and sigma drawn from
+    the prior (seeded ``replication_seed``) and the posterior of as many rows as ``data``
+    fits, simulated from them.
+
+    The priors are those :func:`make_posterior` sets on ``data`` and K is its K, both fixed
+    for every replication. The loadings are identified only up to a rotation, so what
+    calibration ranks is what the Posterior's ``identified`` gives, as the comparisons judge
+    methods on it: the top K eigenvalues and the entries of C = W W^T + sigma^2 I, sigma
+    and the mean, functions of one draw that no rotation changes. Returns the truth (as the
+    model's sites hold it) and the Posterior.
+    """
+    load = functools.partial(load_dataset, seed=seed)
+    frame, dataset, builtin = resolve_data(data, NAME, DATASETS, load)
+    if builtin is not None:
+        labels = labels if labels is not None else builtin.labels
+    rows = _fit_rows(frame, features, labels, 0.0, seed)
+    latent_dim = _latent_dim(latent_dim, builtin, rows.x)
+    priors = default_priors(rows.x, latent_dim, **prior_options)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(replication_seed)
+        trace = poutine.trace(model).get_trace(
+            None, latent_dim=latent_dim, priors=priors, num_data=len(rows.x)
+        )
+    truth = {s: to_numpy(trace.nodes[s]["value"]).astype(float) for s in SITES}
+    x = to_numpy(trace.nodes["x"]["value"]).astype(float)
+    simulated = rows._replace(x=x, x_test=x[:0], labels=None)
+    return truth, _posterior(simulated, priors, latent_dim, dataset, None, dtype, "cpu")
 
 
 def _latent_dim(latent_dim: object, builtin: Dataset | None, x: np.ndarray) -> int:

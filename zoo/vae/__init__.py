@@ -28,9 +28,20 @@ Loaiza-Ganem and Cunningham (2019), *The continuous Bernoulli*, NeurIPS.
 
 from zoo.vae.data import DATASETS, ImageData, load_array, load_digits, load_patches
 from zoo.vae.model import HIDDEN, LIKELIHOODS, SCALES, Decoder, model, simulate
-from zoo.vae.posterior import LATENT_DIM, make_posterior, training_methods
+from zoo.vae.posterior import (
+    CALIBRATION_ROWS,
+    LATENT_DIM,
+    SIMULATION_DESIGN,
+    make_posterior,
+    simulated_posterior,
+    simulation_design,
+    trained_networks,
+    training_methods,
+)
 
 __all__ = [
+    "SIMULATION_DESIGN",
+    "CALIBRATION_ROWS",
     "DATASETS",
     "HIDDEN",
     "LATENT_DIM",
@@ -42,6 +53,9 @@ __all__ = [
     "load_digits",
     "load_patches",
     "make_posterior",
+    "simulated_posterior",
+    "simulation_design",
+    "trained_networks",
     "model",
     "simulate",
     "training_methods",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ import torch
 from zoo.errors import ZooInputError
 from zoo.methods import CLOSED_FORM, MethodSpec, declare_methods
 from zoo.posterior import LocalLatents, ModelForms, Posterior, bind
+from zoo.tensors import to_numpy
 from zoo.vae.baselines import baseline_forms
 from zoo.vae.data import DATASETS, ImageData, load_array
 from zoo.vae.model import HIDDEN, LIKELIHOODS, MIN_SCALE, SCALES, Decoder, model
@@ -247,3 +249,106 @@ def _description(images: ImageData, decoder: dict, encoder_hidden, validation: i
         " measured only",
         "image_shape": "x".join(map(str, images.image_shape)),
     }
+
+
+#: Rows per replication of ``zoo calibrate vae``: their latents are what is ranked.
+CALIBRATION_ROWS = 10
+
+#: What a replication of :func:`simulated_posterior` simulates, for the calibration page.
+SIMULATION_DESIGN = (
+    "the latents z of {num_data} rows drawn from N(0, I) and their images from the decoder"
+    " that the standard VAE (amortized) trained on {dataset}; the posterior is p(z | x) with"
+    " that decoder fixed"
+)
+
+
+def simulated_posterior(
+    data: str | Path | ImageData,
+    replication_seed: int,
+    *,
+    seed: int = 0,
+    rows: int = CALIBRATION_ROWS,
+    training: str = "smoke",
+    **options,
+) -> tuple[dict[str, np.ndarray], Posterior]:
+    """One replication of simulation-based calibration of p(z | x, decoder): the latents of
+    ``rows`` rows drawn from the prior N(0, I) (seeded ``replication_seed``), their images
+    drawn from the decoder, and the posterior of the latents given those images with the
+    decoder fixed (:func:`~zoo.vae.conditional.conditional_posterior`: NUTS, the per-row
+    guides, the trained encoder's q(z | x) as ``amortized`` and importance resampling from it
+    as ``amortized_is``).
+
+    The decoder and the encoder are those the standard VAE (``amortized``) trains on
+    ``data`` under the ``training`` preset with ``seed`` and ``options`` (those of
+    :func:`make_posterior`), trained once per process and kept for every replication it runs
+    (:func:`trained_networks`). A replication is valid whichever decoder it had, since its
+    truth and its posterior share it. Returns the truth ``{"z": (rows, K)}`` and the
+    Posterior.
+    """
+    from zoo.vae.conditional import conditional_posterior
+
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ZooInputError(f"rows must be a whole number >= 1, got {rows!r}")
+    nets = trained_networks(data, seed=seed, training=training, **options)
+    k = nets.decoder.latent_dim
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(replication_seed)
+        z = torch.randn(rows, k, dtype=torch.float64)
+        x = nets.decoder(z).sample()
+    post = conditional_posterior(nets.decoder, nets.encoder, x, dataset=nets.dataset)
+    return {"z": to_numpy(z)}, post
+
+
+def simulation_design(
+    data: str | Path | ImageData,
+    *,
+    seed: int = 0,
+    rows: int = CALIBRATION_ROWS,
+    training: str = "smoke",
+    **options,
+) -> Posterior:
+    """What :func:`simulated_posterior` returns but for the draws, without training: the
+    posterior's methods, sites and data set, for checking a calibration's options and
+    naming its methods before any worker trains (the networks untrained, the images 0)."""
+    from zoo.vae.conditional import conditional_posterior
+
+    post = make_posterior(data, seed=seed, **options)
+    decoder = post.forms.local.keywords["decoder"].to(torch.float64)
+    x = torch.zeros(rows, post.data["x"].shape[1], dtype=torch.float64)
+    return conditional_posterior(decoder, None, x, dataset=post.dataset)
+
+
+class _Networks(NamedTuple):
+    decoder: torch.nn.Module
+    encoder: torch.nn.Module
+    dataset: str
+
+
+@functools.lru_cache(maxsize=2)
+def _trained(data, seed: int, training: str, options: tuple) -> _Networks:
+    from comparisons.runners import PRESETS, run_method
+    from zoo.vae.evaluate import trained
+
+    post = make_posterior(data, seed=seed, **dict(options))
+    method = next(m for m in post.methods if m.name == STANDARD)
+    run = run_method(post, method, seed=seed, preset=PRESETS[training])
+    if run.error is not None:
+        raise RuntimeError(f"training the VAE to calibrate failed: {run.error}")
+    x = post.test_data["x"][:1].to(torch.float64)
+    nets = trained(run, x)
+    return _Networks(nets.decoder, nets.encoder, post.dataset)
+
+
+def trained_networks(data, *, seed: int = 0, training: str = "smoke", **options) -> _Networks:
+    """The float64 decoder and encoder of the standard VAE (``amortized``) trained on
+    ``data`` with ``seed`` under the preset ``training``: trained on the first call in a
+    process and kept for the next calls with the same arguments. Training with one thread
+    on one machine gives the same networks in every process."""
+    from comparisons.runners import PRESETS
+
+    if training not in PRESETS:
+        raise ZooInputError(
+            f"unknown training preset '{training}'; choose one of: {', '.join(PRESETS)}"
+        )
+    key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
+    return _trained(str(data) if isinstance(data, Path) else data, seed, training, key)
