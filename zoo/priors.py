@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 from torch.distributions.transforms import PowerTransform
@@ -43,3 +44,20 @@ def sigma_distribution(
     variance = dist.InverseGamma(shape, shape * scale_t**2)
     half = torch.tensor(0.5, dtype=dtype, device=device)
     return dist.TransformedDistribution(variance, [PowerTransform(half)])
+
+
+def draw_from_prior(
+    model, seed: int, sites: tuple[str, ...], obs_site: str, *args, **kwargs
+) -> tuple[dict, np.ndarray]:
+    """One run of ``model(*args, **kwargs)`` with no data, seeded ``seed`` (the process's
+    random streams left as they were): the values of ``sites`` (the truth of a calibration
+    replication) and of ``obs_site`` (the data simulated from them), as float arrays."""
+    from pyro import poutine
+
+    from zoo.tensors import to_numpy
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    truth = {s: to_numpy(trace.nodes[s]["value"]).astype(float) for s in sites}
+    return truth, to_numpy(trace.nodes[obs_site]["value"]).astype(float)

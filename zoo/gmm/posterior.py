@@ -11,7 +11,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from pyro import poutine
 
 from zoo.datasets import numeric_columns, resolve_data, split_rows
 from zoo.errors import ZooInputError
@@ -21,8 +20,8 @@ from zoo.gmm.model import SITES, Priors, default_priors, marginal_model, model
 from zoo.gmm.relabel import relabel, sorted_components
 from zoo.methods import declare_methods
 from zoo.posterior import ClosedForm, ModelForms, Posterior, bind
+from zoo.priors import draw_from_prior
 from zoo.registry import get_model
-from zoo.tensors import to_numpy
 
 #: The model's registry key, in its posteriors and messages.
 NAME = "gmm"
@@ -151,13 +150,8 @@ def simulated_posterior(
     rows = _fit_rows(frame, features, builtin, 0.0, seed)
     _check_fit(rows, k, num_starts)
     priors = default_priors(rows.x, prior=prior, **prior_options)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(replication_seed)
-        trace = poutine.trace(model).get_trace(
-            None, num_components=k, priors=priors, num_data=len(rows.x)
-        )
-    truth = {s: to_numpy(trace.nodes[s]["value"]).astype(float) for s in SITES}
-    x = to_numpy(trace.nodes["x"]["value"]).astype(float)
+    truth, x = draw_from_prior(model, replication_seed, SITES, "x", None, num_components=k,
+                               priors=priors, num_data=len(rows.x))  # fmt: skip
     simulated = rows._replace(x=x, x_test=x[:0], labels=None)
     post = _posterior(simulated, priors, k, dataset, str(k), None, num_starts, dtype, "cpu")
     return truth, dataclasses.replace(post, identified=sorted_components)

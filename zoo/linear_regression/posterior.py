@@ -13,7 +13,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from pyro import poutine
 
 from zoo.datasets import numeric_columns, resolve_data, split_rows
 from zoo.errors import ZooInputError
@@ -22,8 +21,8 @@ from zoo.linear_regression.exact import ExactPosterior, exact_posterior
 from zoo.linear_regression.model import Priors, default_priors, model
 from zoo.methods import declare_methods
 from zoo.posterior import ClosedForm, ModelForms, Posterior, PredictiveGrid, bind
+from zoo.priors import draw_from_prior
 from zoo.registry import get_model
-from zoo.tensors import to_numpy
 
 #: The model's registry key, in its posteriors and messages.
 NAME = "linear_regression"
@@ -150,13 +149,11 @@ def simulated_posterior(
     intercept = options["intercept"]
     x = torch.as_tensor(rows.x, dtype=dtype)
     x_mean = x.mean(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(replication_seed)
-        trace = poutine.trace(model).get_trace(x, None, priors=priors, x_mean=x_mean, **options)
     sites = (("intercept",) if intercept else ()) + ("coef",)
     sites += () if priors.sigma_known is not None else ("sigma",)
-    truth = {s: to_numpy(trace.nodes[s]["value"]).copy() for s in sites}
-    y = to_numpy(trace.nodes["y"]["value"]).copy()
+    truth, y = draw_from_prior(
+        model, replication_seed, sites, "y", x, None, priors=priors, x_mean=x_mean, **options
+    )
     simulated = rows._replace(y=y, y_test=y[:0])
     return truth, _posterior(simulated, priors, dataset, degree, options, truth, dtype, "cpu")
 

@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from pyro import poutine
 
 from zoo.datasets import numeric_columns, resolve_data, split_rows
 from zoo.errors import ZooInputError
@@ -22,8 +21,8 @@ from zoo.ppca.closed_forms import PPCAFit, _check_fit_input, fit_em, fit_ml
 from zoo.ppca.data import DATASETS, Dataset, _feature_text, load_dataset
 from zoo.ppca.metrics import cov_entries, cov_entry_names, covariance_metrics, identified
 from zoo.ppca.model import SITES, Priors, default_priors, local_model, model, summary_model
+from zoo.priors import draw_from_prior
 from zoo.registry import get_model
-from zoo.tensors import to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -159,13 +158,8 @@ def simulated_posterior(
     rows = _fit_rows(frame, features, labels, 0.0, seed)
     latent_dim = _latent_dim(latent_dim, builtin, rows.x)
     priors = default_priors(rows.x, latent_dim, **prior_options)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(replication_seed)
-        trace = poutine.trace(model).get_trace(
-            None, latent_dim=latent_dim, priors=priors, num_data=len(rows.x)
-        )
-    truth = {s: to_numpy(trace.nodes[s]["value"]).astype(float) for s in SITES}
-    x = to_numpy(trace.nodes["x"]["value"]).astype(float)
+    options = {"latent_dim": latent_dim, "priors": priors, "num_data": len(rows.x)}
+    truth, x = draw_from_prior(model, replication_seed, SITES, "x", None, **options)
     simulated = rows._replace(x=x, x_test=x[:0], labels=None)
     return truth, _posterior(simulated, priors, latent_dim, dataset, None, dtype, "cpu")
 
