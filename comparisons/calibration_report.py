@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +41,48 @@ def write_report(out_dir: Path, results: dict[str, Any]) -> Path:
     return page
 
 
-def plot_method(method: str, summary: dict[str, Any], num_rank_draws: int, fig_dir: Path) -> Path:
-    """Rank histograms (top) and ECDF differences with their simultaneous band (bottom)."""
-    params = summary["parameters"]
+#: Parameters drawn side by side in a method's figure, and at most this many drawn in all
+#: (every flagged one first: a VAE's 10 rows of 8 latents are 80 parameters).
+COLUMNS, MAX_SHOWN = 6, 24
+
+
+def shown_parameters(params: dict[str, Any]) -> list[str]:
+    """The parameters a method's figure draws, in their order: all of them up to
+    :data:`MAX_SHOWN`, else the flagged ones first and then the first others."""
     labels = list(params)
+    if len(labels) <= MAX_SHOWN:
+        return labels
+    flagged = [k for k in labels if params[k]["verdict"] != "calibrated"]
+    keep = set(flagged[:MAX_SHOWN])
+    keep |= set([k for k in labels if k not in keep][: MAX_SHOWN - len(keep)])
+    return [k for k in labels if k in keep]
+
+
+def plot_method(method: str, summary: dict[str, Any], num_rank_draws: int, fig_dir: Path) -> Path:
+    """Rank histograms (top) and ECDF differences with their simultaneous band (bottom) of
+    each parameter shown (:func:`shown_parameters`), :data:`COLUMNS` to a row."""
+    params = summary["parameters"]
+    labels = shown_parameters(params)
     L = num_rank_draws
-    fig, axes = plt.subplots(2, len(labels), figsize=(3.0 * len(labels) + 0.6, 5.4),
+    cols = min(COLUMNS, len(labels))
+    rows = -(-len(labels) // cols)
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(3.0 * cols + 0.6, 5.4 * rows + 0.4),
                              squeeze=False)  # fmt: skip
-    for col, label in enumerate(labels):
+    for ax in axes[:, len(labels) % cols or cols :][-2:].ravel():
+        ax.axis("off")  # the last row's empty places
+    for index, label in enumerate(labels):
         p = params[label]
         ranks = np.asarray(p["ranks"])
         n = len(ranks)
-        top, bottom = axes[0, col], axes[1, col]
+        row, col = divmod(index, cols)
+        top, bottom = axes[2 * row, col], axes[2 * row + 1, col]
         edges = np.linspace(-0.5, L + 0.5, BINS + 1)
         lo, hi = stats.binom.ppf([0.005, 0.995], n, 1 / BINS)
         top.axhspan(lo, hi, color="0.88", lw=0)
         top.axhline(n / BINS, color="0.5", lw=0.8)
         top.hist(ranks, bins=edges, color="C0" if p["verdict"] == "calibrated" else "C3")
-        top.set_title(f"{label}\n{p['verdict']}", fontsize=9)
+        verdict = textwrap.fill(p["verdict"], 36)  # three lines at most, in a panel's width
+        top.set_title(f"{label}\n{verdict}", fontsize=9)
         top.set_xlim(-0.5, L + 0.5)
         top.set_xticks([0, L // 2, L])
         points = np.arange(L)
@@ -75,9 +100,14 @@ def plot_method(method: str, summary: dict[str, Any], num_rank_draws: int, fig_d
             bottom.set_ylabel("ECDF - uniform")
         bottom.text(0.03, 0.04, f"90%: {p['coverage_90']:.2f}  50%: {p['coverage_50']:.2f}",
                     transform=bottom.transAxes, fontsize=8)  # fmt: skip
-    fig.suptitle(f"{method}: ranks of the truth among {L} posterior draws, {n} replications",
-                 fontsize=10)  # fmt: skip
-    fig.tight_layout()
+    which = (
+        ""
+        if len(labels) == len(params)
+        else (f"; {len(labels)} of its {len(params)} parameters shown, every flagged one first")
+    )
+    fig.suptitle(f"{method}: ranks of the truth among {L} posterior draws, {n} replications"
+                 f"{which}", fontsize=10)  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the title
     path = fig_dir / f"calibration-{method}.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)

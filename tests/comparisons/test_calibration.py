@@ -324,3 +324,21 @@ def test_a_ppca_calibration_writes_its_design_and_valid_results(tmp_path):
     assert design in (tmp_path / "index.html").read_text().replace("\n", " ")
     ranked = results["calibration"]["methods"]["full_rank"]["parameters"]
     assert "eigenvalues[0]" in ranked and not any(p.startswith("loadings") for p in ranked)
+
+
+def test_a_method_with_many_parameters_is_drawn_with_every_flagged_one(tmp_path):
+    from comparisons.calibration_report import MAX_SHOWN, plot_method, shown_parameters
+
+    rng = np.random.default_rng(0)
+    labels = [f"z[{r}, {k}]" for r in range(10) for k in range(8)]
+    flagged = {"z[3, 1]", "z[7, 6]", "z[9, 7]"}
+    params = {}
+    for label in labels:
+        ranks = _ranks(rng, 30, sd=0.3 if label in flagged else 1.0)
+        params[label] = {**judge(ranks, L, variational=False, num_params=80), "ranks": ranks}
+    assert {k for k, p in params.items() if p["verdict"] != "calibrated"} == flagged
+    shown = shown_parameters(params)
+    assert len(shown) == MAX_SHOWN and flagged <= set(shown)
+    assert shown == [k for k in labels if k in set(shown)]  # in the parameters' order
+    path = plot_method("amortized", {"parameters": params}, L, tmp_path)
+    assert path.stat().st_size > 0
