@@ -28,6 +28,7 @@ not, the two samples being one) name the departure.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -61,9 +62,10 @@ def replication(
 ) -> dict[str, Any]:
     """One SBC replication (a Dask task; plain arguments, a JSON-ready result).
 
-    Replication r draws its truth and runs its methods with its own seed, drawn from
-    (``seed``, r) (:func:`replication_seed`: calibrations of seeds 0 and 1 share no
-    replication). Returns the
+    Replication r draws its truth with its own seed and runs its methods with another, both
+    drawn from (``seed``, r) (:func:`replication_seeds`: calibrations of seeds 0 and 1 share
+    no replication, and no method's draws reuse the random numbers of the truth, which
+    would tie a draw to the truth it is ranked against). Returns the
     truth per scalar parameter (ArviZ labels, ``coef[mom_iq]``), and per method the rank of
     each truth among ``num_rank_draws`` posterior draws, its wall time and diagnostics (a
     method that fails or is stopped has ``error`` instead of ranks)."""
@@ -77,7 +79,9 @@ def replication(
     simulate = getattr(spec.module, "simulated_posterior", None)
     if simulate is None:
         raise ValueError(f"{model} has no simulated_posterior: calibration does not run on it")
-    rep_seed = replication_seed(seed, replication)
+    rep_seed, method_seed = replication_seeds(seed, replication)
+    if "training" in inspect.signature(simulate).parameters and isinstance(preset, str):
+        options = {"training": preset, **options}  # a VAE's networks trained as its methods run
     truth, post = simulate(data, rep_seed, seed=seed, **options)
     true_values = _ranked({k: np.asarray(v)[None] for k, v in truth.items()}, post)
     out: dict[str, Any] = {}
@@ -85,7 +89,7 @@ def replication(
         start = time.perf_counter()
         try:
             settings = PRESETS[preset] if isinstance(preset, str) else preset
-            run = run_method(post, method, seed=rep_seed, preset=settings)
+            run = run_method(post, method, seed=method_seed, preset=settings)
         except Exception as exc:  # noqa: BLE001 (a method's failure is its record, not the task's)
             out[method.name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             continue
@@ -110,6 +114,7 @@ def replication(
     return {
         "replication": replication,
         "seed": rep_seed,
+        "method_seed": method_seed,
         "truth": {k: float(v.ravel()[0]) for k, v in true_values.items()},
         "methods": out,
     }
@@ -124,11 +129,15 @@ POINT_ERROR = (
 
 def point_methods(post, methods: Sequence[Any]) -> list[str]:
     """The names among ``methods`` (MethodSpecs of ``post``) that give a point, not draws:
-    delta guides, amortized guides whose globals are a delta (their default), and closed
-    forms that are points (EM, ML: run once on the posterior's own data to ask)."""
+    guides that are points (``delta``), amortized guides whose globals are a delta (their
+    default), and closed forms that are points (EM, ML: run once on the posterior's own data
+    to ask; one that cannot run on a design, such as the VAE's encoder before training, is
+    counted as draws, and a replication that finds a point records it as such)."""
+    from guides import GUIDES
+
     points = []
     for m in methods:
-        if m.family == "delta":
+        if m.family in GUIDES and GUIDES[m.family].point:
             points.append(m.name)
         elif m.family == "amortized" and post.sites:
             if m.options.get("global_guide", "delta") in (None, "delta"):
@@ -141,6 +150,11 @@ def point_methods(post, methods: Sequence[Any]) -> list[str]:
             if point:
                 points.append(m.name)
     return points
+
+
+#: How a replication's seeds are drawn (:func:`replication_seeds`), kept in the job's
+#: settings so that a folder of replications seeded otherwise is not resumed into this job.
+SEED_SCHEME = "truth and methods apart"
 
 
 def _thinned(post, draws: Mapping[str, np.ndarray], num: int) -> dict[str, np.ndarray]:
@@ -162,12 +176,14 @@ def _thinned(post, draws: Mapping[str, np.ndarray], num: int) -> dict[str, np.nd
     return kept
 
 
-def replication_seed(seed: int, replication: int) -> int:
-    """The seed of replication r of a calibration seeded ``seed``: a number from 0 to
-    2**31 - 1 that NumPy's SeedSequence draws from the pair, so two calibrations' seeds
-    meet only by chance."""
-    state = np.random.SeedSequence([seed, replication]).generate_state(1, dtype=np.uint32)
-    return int(state[0] >> 1)
+def replication_seeds(seed: int, replication: int) -> tuple[int, int]:
+    """The seeds of replication r of a calibration seeded ``seed``, of its truth and of its
+    methods: two numbers from 0 to 2**31 - 1 that NumPy's SeedSequence draws from the pair,
+    so two calibrations' seeds meet only by chance, and the methods' random numbers are not
+    the truth's (a guide or an encoder reseeded with the truth's seed drew, as its first
+    draw, the truth's own normals pushed through q)."""
+    state = np.random.SeedSequence([seed, replication]).generate_state(2, dtype=np.uint32)
+    return int(state[0] >> 1), int(state[1] >> 1)
 
 
 def _ranked(draws: Mapping[str, np.ndarray], post) -> dict[str, np.ndarray]:
@@ -328,7 +344,7 @@ def calibrate(
     preset_name = preset if isinstance(preset, str) else preset.name
     settings = {"model": model, "data": _data_key(data), "options": dict(options),
                 "methods": list(methods), "seed": seed, "preset": preset_name,
-                "num_rank_draws": num_rank_draws}  # fmt: skip
+                "num_rank_draws": num_rank_draws, "seeds": SEED_SCHEME}  # fmt: skip
     job = out_dir / "replications"
     _check_job(job, settings)
     tasks = [

@@ -165,7 +165,7 @@ seed {results["seed"]}, preset
 {html.escape(str(results["preset"]))}. Each method's rank of the true value among {L} of its
 posterior draws is uniform on 0..{L} when the method is calibrated.</p>
 <table><tr><th>method</th><th>parameters calibrated</th><th>mean coverage 50%</th>
-<th>mean coverage 90%</th><th>worst coverage 90%</th><th>seconds a replication</th>
+<th>mean coverage 90%</th><th>lowest coverage 90%</th><th>seconds a replication</th>
 <th>verdicts</th></tr>
 {overview}</table>
 <p class=small>One line per method: its parameters' coverages averaged (nominal 0.50 and
@@ -193,7 +193,7 @@ Versions: {html.escape(", ".join(f"{k} {v}" for k, v in results["versions"].item
 
 def _overview_row(method: str, record: dict[str, Any], summary: dict[str, Any]) -> str:
     """A method's line of the overview: how many parameters are calibrated, its mean and
-    worst coverages, its time a replication, its verdicts."""
+    lowest coverages, its time a replication, its verdicts."""
     params = list(summary["parameters"].values())
     d = record["diagnostics"]
     wall = summary.get("wall_s_mean")

@@ -47,17 +47,29 @@ def sigma_distribution(
 
 
 def draw_from_prior(
-    model, seed: int, sites: tuple[str, ...], obs_site: str, *args, **kwargs
+    model,
+    seed: int,
+    sites: tuple[str, ...],
+    obs_site: str,
+    *args,
+    dtype: torch.dtype = torch.float64,
+    **kwargs,
 ) -> tuple[dict, np.ndarray]:
-    """One run of ``model(*args, **kwargs)`` with no data, seeded ``seed`` (the process's
-    random streams left as they were): the values of ``sites`` (the truth of a calibration
-    replication) and of ``obs_site`` (the data simulated from them), as float arrays."""
+    """One run of ``model(*args, **kwargs)`` with no data, seeded ``seed``, in ``dtype``
+    (the process's random streams and default dtype left as they were): the values of
+    ``sites`` (the truth of a calibration replication) and of ``obs_site`` (the data
+    simulated from them), as float arrays."""
     from pyro import poutine
 
     from zoo.tensors import to_numpy
 
+    default = torch.get_default_dtype()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        trace = poutine.trace(model).get_trace(*args, **kwargs)
+        torch.set_default_dtype(dtype)  # the models draw without data in the default dtype
+        try:
+            trace = poutine.trace(model).get_trace(*args, **kwargs)
+        finally:
+            torch.set_default_dtype(default)
     truth = {s: to_numpy(trace.nodes[s]["value"]).astype(float) for s in sites}
     return truth, to_numpy(trace.nodes[obs_site]["value"]).astype(float)

@@ -151,7 +151,7 @@ def simulated_posterior(
     _check_fit(rows, k, num_starts)
     priors = default_priors(rows.x, prior=prior, **prior_options)
     truth, x = draw_from_prior(model, replication_seed, SITES, "x", None, num_components=k,
-                               priors=priors, num_data=len(rows.x))  # fmt: skip
+                               priors=priors, num_data=len(rows.x), dtype=dtype)  # fmt: skip
     simulated = rows._replace(x=x, x_test=x[:0], labels=None)
     post = _posterior(simulated, priors, k, dataset, str(k), None, num_starts, dtype, "cpu")
     return truth, dataclasses.replace(post, identified=sorted_components)

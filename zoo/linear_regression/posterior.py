@@ -152,7 +152,16 @@ def simulated_posterior(
     sites = (("intercept",) if intercept else ()) + ("coef",)
     sites += () if priors.sigma_known is not None else ("sigma",)
     truth, y = draw_from_prior(
-        model, replication_seed, sites, "y", x, None, priors=priors, x_mean=x_mean, **options
+        model,
+        replication_seed,
+        sites,
+        "y",
+        x,
+        None,
+        dtype=dtype,
+        priors=priors,
+        x_mean=x_mean,
+        **options,
     )
     simulated = rows._replace(y=y, y_test=y[:0])
     return truth, _posterior(simulated, priors, dataset, degree, options, truth, dtype, "cpu")

@@ -60,8 +60,9 @@ NAME = "ppca"
 SIMULATION_DESIGN = (
     "loadings, mean and sigma drawn from the prior and {num_data} rows simulated from them"
     " (as many as {dataset} has), under the priors that data set sets; ranked on what the"
-    " data identify (the top eigenvalues and the entries of C = W W^T + sigma^2 I, sigma,"
-    " the mean), which no rotation of the loadings changes"
+    " data identify (the top eigenvalues and the entries of C = W W^T + sigma^2 I, its"
+    " diagonal alone from 11 features on; sigma; the mean), which no rotation of the"
+    " loadings changes"
 )
 
 
@@ -159,7 +160,7 @@ def simulated_posterior(
     latent_dim = _latent_dim(latent_dim, builtin, rows.x)
     priors = default_priors(rows.x, latent_dim, **prior_options)
     options = {"latent_dim": latent_dim, "priors": priors, "num_data": len(rows.x)}
-    truth, x = draw_from_prior(model, replication_seed, SITES, "x", None, **options)
+    truth, x = draw_from_prior(model, replication_seed, SITES, "x", None, dtype=dtype, **options)
     simulated = rows._replace(x=x, x_test=x[:0], labels=None)
     return truth, _posterior(simulated, priors, latent_dim, dataset, None, dtype, "cpu")
 

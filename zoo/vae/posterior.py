@@ -325,7 +325,10 @@ class _Networks(NamedTuple):
 
 
 @functools.lru_cache(maxsize=2)
-def _trained(data, seed: int, training: str, options: tuple) -> _Networks:
+def _trained(data: str, content: str, seed: int, training: str, options: tuple):
+    """The networks, or the error of a training that failed (kept, so that a worker does not
+    train again for every replication only to fail again); ``content`` keys a file's
+    bytes, so that a file changed between two calibrations is trained on anew."""
     from comparisons.runners import PRESETS, run_method
     from zoo.vae.evaluate import trained
 
@@ -333,7 +336,7 @@ def _trained(data, seed: int, training: str, options: tuple) -> _Networks:
     method = next(m for m in post.methods if m.name == STANDARD)
     run = run_method(post, method, seed=seed, preset=PRESETS[training])
     if run.error is not None:
-        raise RuntimeError(f"training the VAE to calibrate failed: {run.error}")
+        return f"training the VAE to calibrate failed: {run.error}"
     x = post.test_data["x"][:1].to(torch.float64)
     nets = trained(run, x)
     return _Networks(nets.decoder, nets.encoder, post.dataset)
@@ -342,13 +345,26 @@ def _trained(data, seed: int, training: str, options: tuple) -> _Networks:
 def trained_networks(data, *, seed: int = 0, training: str = "smoke", **options) -> _Networks:
     """The float64 decoder and encoder of the standard VAE (``amortized``) trained on
     ``data`` with ``seed`` under the preset ``training``: trained on the first call in a
-    process and kept for the next calls with the same arguments. Training with one thread
-    on one machine gives the same networks in every process."""
+    process and kept for the next calls with the same arguments and, for a file, the same
+    bytes. Training with one thread on one machine gives the same networks in every
+    process."""
     from comparisons.runners import PRESETS
 
     if training not in PRESETS:
         raise ZooInputError(
             f"unknown training preset '{training}'; choose one of: {', '.join(PRESETS)}"
         )
+    if not isinstance(data, str | Path):
+        raise ZooInputError(
+            "calibration trains the VAE on a built-in data set or a file: give its name or path"
+        )
+    content = ""
+    if isinstance(data, Path) or data not in DATASETS:
+        import hashlib
+
+        content = hashlib.sha256(Path(data).read_bytes()).hexdigest()
     key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
-    return _trained(str(data) if isinstance(data, Path) else data, seed, training, key)
+    nets = _trained(str(data), content, seed, training, key)
+    if isinstance(nets, str):
+        raise RuntimeError(nets)
+    return nets
