@@ -315,6 +315,23 @@ def test_vae_replications_rank_latents_under_a_decoder_trained_once(monkeypatch)
             assert set(ranks) == labels and all(0 <= r <= L for r in ranks.values())
 
 
+@pytest.mark.parametrize(
+    ("model", "dataset", "words"),
+    [
+        ("linear_regression", "kidiq", "a response simulated from them on the 434 rows"),
+        ("gmm", "iris", "150 rows simulated from them (as many as iris has)"),
+        ("ppca", "iris", "150 rows simulated from them (as many as iris has)"),
+        ("vae", "digits", "the latents z of 10 rows drawn from N(0, I)"),
+    ],
+)
+def test_each_models_design_says_what_a_replication_draws(model, dataset, words):
+    from comparisons.calibration import _design
+
+    where = _design(model, dataset, {}, 0)
+    assert where["dataset"] == dataset and words in where["design"], where
+
+
+@pytest.mark.slow
 def test_a_ppca_calibration_writes_its_design_and_valid_results(tmp_path):
     from comparisons import validate_results
     from comparisons.calibration import calibrate
