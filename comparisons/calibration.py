@@ -84,11 +84,11 @@ def replication(
         options = {"training": preset, **options}  # a VAE's networks trained as its methods run
     truth, post = simulate(data, rep_seed, seed=seed, **options)
     true_values = _ranked({k: np.asarray(v)[None] for k, v in truth.items()}, post)
+    settings = PRESETS[preset] if isinstance(preset, str) else preset
     out: dict[str, Any] = {}
     for method in resolve_methods(post, list(methods)):
         start = time.perf_counter()
         try:
-            settings = PRESETS[preset] if isinstance(preset, str) else preset
             run = run_method(post, method, seed=method_seed, preset=settings)
         except Exception as exc:  # noqa: BLE001 (a method's failure is its record, not the task's)
             out[method.name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
@@ -210,11 +210,11 @@ def _scalars(draws: Mapping[str, np.ndarray], post, names: Sequence[str]) -> dic
             if not index:
                 out[site] = value
                 continue
-            names = [
+            coords = [
                 str(post.coords[dims[i]][j]) if i < len(dims) and dims[i] in post.coords else str(j)
                 for i, j in enumerate(index)
             ]
-            out[f"{site}[{', '.join(names)}]"] = value[(slice(None), *index)]
+            out[f"{site}[{', '.join(coords)}]"] = value[(slice(None), *index)]
     return out
 
 
@@ -347,6 +347,7 @@ def calibrate(
                 "num_rank_draws": num_rank_draws, "seeds": SEED_SCHEME}  # fmt: skip
     job = out_dir / "replications"
     _check_job(job, settings)
+    where = _design(model, data, options, seed)  # the options' errors before any worker starts
     tasks = [
         Task(
             f"rep-{r:04d}",
@@ -368,7 +369,6 @@ def calibrate(
                     label="calibrate")  # fmt: skip
     summary = summarize(run.results, methods, num_rank_draws)
     truth = [run.results[t.key]["truth"] for t in tasks if t.key in run.results]
-    where = _design(model, data, options, seed)
     results = {
         "schema": 1,
         "model": model,
@@ -378,11 +378,11 @@ def calibrate(
         "preset": preset_name,
         "reference": None,
         "versions": versions(),
-        "methods": {m: _method_record(summary[m], run.results) for m in methods},
+        "methods": {m: _method_record(summary[m]) for m in methods},
         "calibration": {
             "replications": replications,
             "finished": len(run.results),
-            "failed": {k: v for k, v in run.failed.items()},
+            "failed": dict(run.failed),
             "num_rank_draws": num_rank_draws,
             "band_prob": BAND_PROB,
             "design": where["design"],
@@ -461,7 +461,7 @@ def _design(model: str, data: Any, options: Mapping[str, Any], seed: int) -> dic
     return {"dataset": post.dataset, "num_data": num_data, "design": text}
 
 
-def _method_record(summary: Mapping[str, Any], results: Mapping[str, Any]) -> dict[str, Any]:
+def _method_record(summary: Mapping[str, Any]) -> dict[str, Any]:
     """The method's line of results.json (schema 1): total wall time over replications,
     its verdict counts as diagnostics, its worst coverages as metrics."""
     params = summary["parameters"]

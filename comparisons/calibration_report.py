@@ -1,6 +1,6 @@
-"""The report of a calibration (``zoo calibrate``): results.json, one figure per method (rank
-histograms over ECDF-difference plots, one column per parameter) and a self-contained
-index.html, every file written whole or not at all."""
+"""The report of a calibration (``zoo calibrate``): results.json, one figure per method (a
+parameter's rank histogram over its ECDF-difference plot, six parameters to a row) and a
+self-contained index.html, every file written whole or not at all."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from comparisons.calibration import BAND_PROB, ecdf_band  # noqa: E402
-from comparisons.compare import _atomic_write_text  # noqa: E402
+from comparisons.engine import write_atomic  # noqa: E402
 from comparisons.report import _img  # noqa: E402
 
 #: Bins of the rank histograms (ranks 0..L share them evenly when L + 1 is a multiple).
@@ -35,9 +35,9 @@ def write_report(out_dir: Path, results: dict[str, Any]) -> Path:
     for method, summary in cal["methods"].items():
         if summary["parameters"]:
             figures[method] = plot_method(method, summary, cal["num_rank_draws"], fig_dir)
-    _atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
+    write_atomic(out_dir / "results.json", (json.dumps(results, indent=1) + "\n").encode())
     page = out_dir / "index.html"
-    _atomic_write_text(page, _page(results, figures))
+    write_atomic(page, _page(results, figures).encode())
     return page
 
 
@@ -202,9 +202,9 @@ def _overview_row(method: str, record: dict[str, Any], summary: dict[str, Any]) 
     else:
         c50 = sum(p["coverage_50"] for p in params) / len(params)
         c90 = sum(p["coverage_90"] for p in params) / len(params)
-        worst = min(p["coverage_90"] for p in params)
+        lowest = record["metrics"]["coverage_90_min"]
         cells = (f"<td>{d['parameters_calibrated']} of {d['parameters']}</td><td>{c50:.2f}</td>"
-                 f"<td>{c90:.2f}</td><td>{worst:.2f}</td>")  # fmt: skip
+                 f"<td>{c90:.2f}</td><td>{lowest:.2f}</td>")  # fmt: skip
     cls = "" if d["verdict"] == "calibrated" else ' class="flag"'
     seconds = "" if wall is None else f"{wall:.2f}"
     return (f"<tr{cls}><th>{html.escape(method)}</th>{cells}<td>{seconds}</td>"

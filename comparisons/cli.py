@@ -305,17 +305,7 @@ def _add_calibrate(sub) -> None:
     cal.add_argument(
         "--out-dir", type=Path, help="output folder (default reports/calibrate-<model>-<dataset>/)"
     )
-    cal.add_argument(
-        "--workers",
-        type=int,
-        help="worker processes of the local Dask cluster (default: one per core)",
-    )
-    cal.add_argument(
-        "--scheduler",
-        help="address of a running Dask scheduler (tcp://host:8786) to send the"
-        " replications to instead of a local cluster",
-    )
-    _add_progress(cal, "a progress bar as replications finish")
+    _add_cluster_options(cal, "replications")
     cal.add_argument("--num-components", type=int, help="number of mixture components (gmm)")
     cal.add_argument("--latent-dim", type=int, help="latent dimension (ppca, vae)")
     cal.add_argument(
@@ -332,11 +322,27 @@ def _add_calibrate(sub) -> None:
     )
     sw.add_argument("file", type=Path, help="the sweep's TOML file")
     sw.add_argument("--out-dir", type=Path, help="output folder (default reports/sweep-<file>/)")
-    for flag, text in (("--workers", "worker processes of the local Dask cluster (default:"
-                        " one per core)"), ("--scheduler", "address of a running Dask scheduler"
-                        " (tcp://host:8786) to send the comparisons to")):  # fmt: skip
-        sw.add_argument(flag, type=int if flag == "--workers" else str, help=text)
-    _add_progress(sw, "a progress bar as comparisons finish")
+    _add_cluster_options(sw, "comparisons")
+
+
+def _add_cluster_options(p: argparse.ArgumentParser, tasks: str) -> None:
+    """Where a many-fit job's ``tasks`` run (--workers, --scheduler) and its progress bar."""
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes of the local Dask cluster (default: one per core)",
+    )
+    p.add_argument(
+        "--scheduler",
+        help=f"address of a running Dask scheduler (tcp://host:8786) to send the {tasks} to"
+        " instead of a local cluster",
+    )
+    _add_progress(p, f"a progress bar as {tasks} finish")
+
+
+def _check_workers(args: argparse.Namespace) -> None:
+    if args.workers is not None and args.workers < 1:
+        raise ZooInputError(f"--workers must be at least 1, got {args.workers}")
 
 
 def _list() -> str:
@@ -531,8 +537,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         )
     if args.replications < 2:
         raise ZooInputError(f"--replications must be at least 2, got {args.replications}")
-    if args.workers is not None and args.workers < 1:
-        raise ZooInputError(f"--workers must be at least 1, got {args.workers}")
+    _check_workers(args)
     out_dir = args.out_dir or Path("reports") / f"calibrate-{spec.name}-{Path(data).stem}"
     check_writable(out_dir)
     import pyro
@@ -576,11 +581,10 @@ def _sweep(args: argparse.Namespace) -> int:
     from comparisons.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.file)  # every error of the file before a worker starts
-    if args.workers is not None and args.workers < 1:
-        raise ZooInputError(f"--workers must be at least 1, got {args.workers}")
+    _check_workers(args)
     out_dir = args.out_dir or Path("reports") / f"sweep-{args.file.stem}"
     check_writable(out_dir)
-    summary = run_sweep(args.file, out_dir, scheduler=args.scheduler, workers=args.workers,
+    summary = run_sweep(sweep, out_dir, scheduler=args.scheduler, workers=args.workers,
                         progress=_progress(args))  # fmt: skip
     done = sum(v == "done" for v in summary["cells"].values())
     runs, seeds = len(sweep.runs), len(sweep.seeds)

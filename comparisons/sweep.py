@@ -59,9 +59,16 @@ class Run:
 
 @dataclass(frozen=True)
 class Sweep:
+    """A checked sweep file: its runs, seeds and preset, and the file it came from."""
+
     runs: tuple[Run, ...]
     seeds: tuple[int, ...]
     preset: str
+    path: Path
+
+    def keys(self, run: Run) -> list[str]:
+        """The keys of a run's cells (one per seed): their task and folder names."""
+        return [f"{run.name}-seed{seed}" for seed in self.seeds]
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -137,7 +144,7 @@ def load_sweep(path: str | Path) -> Sweep:
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ZooInputError(f'{path}: two runs share a name; give them name = "..."')
-    return Sweep(tuple(runs), seeds, preset)
+    return Sweep(tuple(runs), seeds, preset, path)
 
 
 def _known(table: Mapping[str, Any], keys: set[str], where: str) -> None:
@@ -193,19 +200,20 @@ def _key_numbers(method: str, rec: Mapping[str, Any], results: Mapping[str, Any]
     return out
 
 
-def run_sweep(path: str | Path, out_dir: str | Path | None = None, *,
+def run_sweep(sweep: Sweep | str | Path, out_dir: str | Path | None = None, *,
               scheduler: str | None = None, workers: int | None = None,
               progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Run every cell of the sweep in ``path`` not yet done in ``out_dir``, then write the
-    summary. Returns it."""
+    """Run every cell of the sweep (a file's path, or what :func:`load_sweep` made of it) not
+    yet done in ``out_dir``, then write the summary. Returns it."""
     from comparisons.engine import Task, run_tasks, write_atomic
 
-    sweep = load_sweep(path)
-    out = Path(out_dir) if out_dir is not None else Path("reports") / f"sweep-{Path(path).stem}"
+    if not isinstance(sweep, Sweep):
+        sweep = load_sweep(sweep)
+    out = Path(out_dir) if out_dir is not None else Path("reports") / f"sweep-{sweep.path.stem}"
     cells = out / "cells"
     tasks = [
         Task(
-            f"{run.name}-seed{seed}",
+            key,
             cell,
             {
                 "model": run.model,
@@ -217,7 +225,7 @@ def run_sweep(path: str | Path, out_dir: str | Path | None = None, *,
             },
         )  # fmt: skip
         for run in sweep.runs
-        for seed in sweep.seeds
+        for key, seed in zip(sweep.keys(run), sweep.seeds)
     ]
 
     def unpack(task, result):
@@ -234,10 +242,8 @@ def run_sweep(path: str | Path, out_dir: str | Path | None = None, *,
     summary = _summary(sweep, job.results, job.failed)
     summary["engine"] = {"scheduler": job.scheduler, "workers": job.workers, "ran": job.ran,
                          "resumed": job.resumed, "wall_s": job.wall_s}  # fmt: skip
-    from comparisons.compare import _atomic_write_text
-
-    _atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    _atomic_write_text(out / "index.html", _page(summary))
+    write_atomic(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
+    write_atomic(out / "index.html", _page(summary).encode())
     return summary
 
 
@@ -245,8 +251,7 @@ def _summary(sweep: Sweep, results: Mapping[str, Any], failed: Mapping[str, str]
     """Per run and method, each number's mean over the seeds that finished (and the cells)."""
     rows = []
     for run in sweep.runs:
-        keys = [f"{run.name}-seed{s}" for s in sweep.seeds]
-        done = [results[k] for k in keys if k in results]
+        done = [results[k] for k in sweep.keys(run) if k in results]
         methods = list(dict.fromkeys(m for r in done for m in r["methods"]))
         for m in methods:
             recs = [r["methods"][m] for r in done if m in r["methods"]]
@@ -263,14 +268,10 @@ def _summary(sweep: Sweep, results: Mapping[str, Any], failed: Mapping[str, str]
         "preset": sweep.preset,
         "seeds": list(sweep.seeds),
         "cells": {
-            f"{r.name}-seed{s}": (
-                "done"
-                if f"{r.name}-seed{s}" in results
-                else "failed: " + failed.get(f"{r.name}-seed{s}", "not run")
-            )
-            for r in sweep.runs
-            for s in sweep.seeds
-        },  # fmt: skip
+            key: "done" if key in results else "failed: " + failed.get(key, "not run")
+            for run in sweep.runs
+            for key in sweep.keys(run)
+        },
         "rows": rows,
     }
 

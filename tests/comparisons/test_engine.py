@@ -91,4 +91,5 @@ def test_the_default_cluster_is_local_with_single_thread_workers(tmp_path):
     assert job.scheduler == "LocalCluster, 2 single-thread workers" and job.workers == 2
     assert job.failed == {} and len(job.results) == 2
     # Everything done: a second call starts no cluster at all.
-    assert run_tasks(_tasks(_square)[:2], tmp_path, workers=2, progress=False).ran == 0
+    again = run_tasks(_tasks(_square)[:2], tmp_path, workers=2, progress=False)
+    assert again.ran == 0 and again.workers == 0 and again.scheduler.startswith("none")

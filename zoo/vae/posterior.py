@@ -263,7 +263,7 @@ SIMULATION_DESIGN = (
 
 
 def simulated_posterior(
-    data: str | Path | ImageData,
+    data: str | Path,
     replication_seed: int,
     *,
     seed: int = 0,
