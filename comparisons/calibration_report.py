@@ -169,8 +169,8 @@ posterior draws is uniform on 0..{L} when the method is calibrated.</p>
 <th>verdicts</th></tr>
 {overview}</table>
 <p class=small>One line per method: its parameters' coverages averaged (nominal 0.50 and
-0.90) and the lowest; the verdicts other than calibrated, once each. Each parameter's line
-follows.</p>
+0.90) and the lowest; each verdict other than calibrated, once (calibrated where there is
+none). Each parameter's line follows.</p>
 <table><tr><th>method</th><th>parameter</th><th>coverage 50%</th><th>coverage 90%</th>
 <th>mean fractional rank</th><th>ECDF inside band</th><th>VSBC p</th><th>verdict</th></tr>
 {"".join(rows)}</table>
